@@ -1,0 +1,277 @@
+//! Users and sessions: sign-up, login, session lookup, personal keys.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use chrono::{DateTime, Utc};
+use rand::rngs::OsRng;
+
+use crate::auth::{mint_key, KeyCache, NewKey};
+use crate::ids;
+use crate::store::{KeyRecord, KeyScope, KeyStatus, SessionRecord, Store, StoreError, UserRecord};
+use crate::wallet::user_wallet_id;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    #[error("an account with this email exists")]
+    EmailTaken,
+    #[error("not a valid email address")]
+    InvalidEmail,
+    #[error("password must be at least 8 characters")]
+    WeakPassword,
+    #[error("wrong email or password")]
+    BadCredentials,
+    #[error("missing, unknown or expired session")]
+    Unauthenticated,
+    #[error("key name must be 1 to 64 characters without control characters")]
+    InvalidName,
+    #[error("personal keys are archived while you belong to a team")]
+    PersonalKeysArchived,
+    #[error("not found")]
+    NotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Password length bounds: at least 8 (API.md), at most 1024 so a huge
+/// password cannot make hashing a denial of service.
+const MIN_PASSWORD: usize = 8;
+const MAX_PASSWORD: usize = 1024;
+
+pub struct Accounts {
+    store: Arc<dyn Store>,
+    session_ttl: Duration,
+    /// Verified against when an email is unknown, so a wrong email costs
+    /// the same time as a wrong password (no account enumeration).
+    dummy_hash: String,
+}
+
+/// A personal or team key as listings show it (K1): never the secret.
+pub type KeyView = KeyRecord;
+
+impl Accounts {
+    pub fn new(store: Arc<dyn Store>, session_ttl: Duration) -> Accounts {
+        let dummy_hash = hash_password("not-a-real-password").unwrap_or_default();
+        Accounts {
+            store,
+            session_ttl,
+            dummy_hash,
+        }
+    }
+
+    pub async fn sign_up(&self, email: &str, password: &str) -> Result<UserRecord, AccountError> {
+        let email = email.trim();
+        if !valid_email(email) {
+            return Err(AccountError::InvalidEmail);
+        }
+        let chars = password.chars().count();
+        if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&chars) {
+            return Err(AccountError::WeakPassword);
+        }
+        let email_norm = email.to_lowercase();
+        if self.store.user_by_email(&email_norm).await?.is_some() {
+            return Err(AccountError::EmailTaken);
+        }
+        let password = password.to_string();
+        let password_hash = tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|_| StoreError::Unavailable("hashing task failed".into()))?
+            .ok_or_else(|| StoreError::Unavailable("hashing failed".into()))?;
+        let user = UserRecord {
+            id: ids::new_id("usr"),
+            email: email.to_string(),
+            email_norm,
+            password_hash,
+            created_at: Utc::now(),
+        };
+        match self.store.create_user(&user).await {
+            Ok(()) => Ok(user),
+            Err(StoreError::Conflict(_)) => Err(AccountError::EmailTaken),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A1: a session token for a right email and password pair.
+    pub async fn log_in(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<(String, DateTime<Utc>), AccountError> {
+        if password.len() > MAX_PASSWORD * 4 {
+            return Err(AccountError::BadCredentials);
+        }
+        let user = self
+            .store
+            .user_by_email(&email.trim().to_lowercase())
+            .await?;
+        let hash = user
+            .as_ref()
+            .map(|u| u.password_hash.clone())
+            .unwrap_or_else(|| self.dummy_hash.clone());
+        let password = password.to_string();
+        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .unwrap_or(false);
+        let user = match (ok, user) {
+            (true, Some(u)) => u,
+            _ => return Err(AccountError::BadCredentials),
+        };
+        let token = ids::new_secret("tgs_");
+        let expires_at = Utc::now()
+            + chrono::Duration::from_std(self.session_ttl).unwrap_or(chrono::Duration::days(7));
+        self.store
+            .put_session(&SessionRecord {
+                token_hash: ids::sha256_hex(token.as_bytes()),
+                user_id: user.id,
+                expires_at,
+            })
+            .await?;
+        Ok((token, expires_at))
+    }
+
+    /// A3: the user behind a session token, or `Unauthenticated`.
+    pub async fn authenticate(&self, token: &str) -> Result<UserRecord, AccountError> {
+        let session = self
+            .store
+            .session(&ids::sha256_hex(token.as_bytes()))
+            .await?
+            .ok_or(AccountError::Unauthenticated)?;
+        if session.expires_at <= Utc::now() {
+            return Err(AccountError::Unauthenticated);
+        }
+        self.store
+            .user(&session.user_id)
+            .await?
+            .ok_or(AccountError::Unauthenticated)
+    }
+
+    /// K1, K2: a new personal key; the secret is returned once.
+    pub async fn create_personal_key(
+        &self,
+        user: &UserRecord,
+        name: &str,
+        in_a_team: bool,
+        cache: &KeyCache,
+    ) -> Result<(KeyRecord, NewKey), AccountError> {
+        if in_a_team {
+            return Err(AccountError::PersonalKeysArchived);
+        }
+        let name = valid_key_name(name)?;
+        let minted = mint_key();
+        let record = KeyRecord {
+            id: ids::new_id("key"),
+            hash: minted.hash_hex.clone(),
+            prefix: minted.prefix.clone(),
+            name,
+            scope: KeyScope::Personal,
+            created_by: user.id.clone(),
+            team_id: None,
+            member_id: user.id.clone(),
+            wallet_id: user_wallet_id(&user.id),
+            status: KeyStatus::Active,
+            created_at: Utc::now(),
+            last_used_at: None,
+        };
+        self.store.put_key(&record).await?;
+        cache.invalidate(&record.hash);
+        Ok((record, minted))
+    }
+
+    /// K2, K5: delete one of the user's personal keys.
+    pub async fn delete_personal_key(
+        &self,
+        user: &UserRecord,
+        key_id: &str,
+        in_a_team: bool,
+        cache: &KeyCache,
+    ) -> Result<(), AccountError> {
+        let key = self
+            .store
+            .key(key_id)
+            .await?
+            .filter(|k| {
+                k.scope == KeyScope::Personal
+                    && k.created_by == user.id
+                    && k.status != KeyStatus::Deleted
+            })
+            .ok_or(AccountError::NotFound)?;
+        if in_a_team {
+            return Err(AccountError::PersonalKeysArchived);
+        }
+        self.store
+            .set_key_status(&key.id, KeyStatus::Deleted)
+            .await?;
+        cache.invalidate(&key.hash);
+        Ok(())
+    }
+}
+
+/// One `@`, a non-empty local part, a dotted domain, no spaces or
+/// control characters, at most 254 characters.
+pub fn valid_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    email.len() <= 254
+        && !local.is_empty()
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Key names: trimmed, 1 to 64 characters, no control characters.
+pub fn valid_key_name(name: &str) -> Result<String, AccountError> {
+    let name = name.trim();
+    let n = name.chars().count();
+    if n == 0 || n > 64 || name.chars().any(char::is_control) {
+        return Err(AccountError::InvalidName);
+    }
+    Ok(name.to_string())
+}
+
+fn hash_password(password: &str) -> Option<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .ok()
+        .map(|h| h.to_string())
+}
+
+fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        for ok in ["a@b.co", "First.Last+tag@example.org"] {
+            assert!(valid_email(ok), "{ok}");
+        }
+        for bad in [
+            "", "a", "a@b", "@b.co", "a@.co", "a@b.co.", "a b@c.de", "a@b@c.de",
+        ] {
+            assert!(!valid_email(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong horse", &h));
+    }
+}

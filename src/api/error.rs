@@ -1,0 +1,100 @@
+//! THE error -> HTTP table of the management API: every domain error maps
+//! to a status and a stable `code` here, in exhaustive matches, so a new
+//! variant does not compile until someone picks its status (A3).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::accounts::AccountError;
+use crate::money::AmountError;
+use crate::store::StoreError;
+use crate::wallet::WalletError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing, unknown or expired credentials")]
+    Unauthenticated,
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("the request body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("{1}")]
+    Invalid(&'static str, String),
+    #[error("the request body is too large")]
+    TooLarge,
+    #[error("{1}")]
+    Conflict(&'static str, String),
+    #[error("the Idempotency-Key header is required")]
+    MissingIdempotencyKey,
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    #[error(transparent)]
+    Amount(#[from] AmountError),
+    #[error(transparent)]
+    Wallet(#[from] WalletError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    pub fn parts(&self) -> (StatusCode, &'static str) {
+        use StatusCode as S;
+        match self {
+            ApiError::Unauthenticated => (S::UNAUTHORIZED, "unauthenticated"),
+            ApiError::NotFound => (S::NOT_FOUND, "not_found"),
+            ApiError::Forbidden(_) => (S::FORBIDDEN, "forbidden"),
+            ApiError::BadJson(_) => (S::BAD_REQUEST, "invalid_json"),
+            ApiError::Invalid(code, _) => (S::UNPROCESSABLE_ENTITY, code),
+            ApiError::TooLarge => (S::PAYLOAD_TOO_LARGE, "request_too_large"),
+            ApiError::Conflict(code, _) => (S::CONFLICT, code),
+            ApiError::MissingIdempotencyKey => (S::BAD_REQUEST, "missing_idempotency_key"),
+            ApiError::Account(e) => match e {
+                AccountError::EmailTaken => (S::CONFLICT, "email_taken"),
+                AccountError::InvalidEmail => (S::UNPROCESSABLE_ENTITY, "invalid_email"),
+                AccountError::WeakPassword => (S::UNPROCESSABLE_ENTITY, "weak_password"),
+                AccountError::BadCredentials => (S::UNAUTHORIZED, "invalid_credentials"),
+                AccountError::Unauthenticated => (S::UNAUTHORIZED, "unauthenticated"),
+                AccountError::InvalidName => (S::UNPROCESSABLE_ENTITY, "invalid_name"),
+                AccountError::PersonalKeysArchived => (S::CONFLICT, "personal_keys_archived"),
+                AccountError::NotFound => (S::NOT_FOUND, "not_found"),
+                AccountError::Store(e) => store_parts(e),
+            },
+            ApiError::Amount(_) => (S::UNPROCESSABLE_ENTITY, "invalid_amount"),
+            ApiError::Wallet(e) => match e {
+                WalletError::Insufficient => (S::PAYMENT_REQUIRED, "insufficient_balance"),
+                WalletError::Closed => (S::CONFLICT, "wallet_closed"),
+                WalletError::Unavailable => (S::SERVICE_UNAVAILABLE, "unavailable"),
+                WalletError::Overflow => (S::UNPROCESSABLE_ENTITY, "invalid_amount"),
+            },
+            ApiError::Store(e) => store_parts(e),
+        }
+    }
+}
+
+fn store_parts(e: &StoreError) -> (StatusCode, &'static str) {
+    match e {
+        StoreError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        StoreError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        StoreError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        StoreError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        let message = match (&self, status.is_server_error()) {
+            // Internal details go to the log, not to the caller.
+            (_, true) => {
+                tracing::error!(error = %self, "management call failed");
+                "the service is temporarily unavailable".to_string()
+            }
+            _ => self.to_string(),
+        };
+        crate::metrics::api_request(status.as_u16());
+        let body = serde_json::json!({"error": {"code": code, "message": message}});
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,109 @@
+//! The management API (`/api/...`): users, sessions, keys, the operator's
+//! deposits and reports. Handlers are thin: they authenticate, parse,
+//! call the domain, and shape JSON. Errors become HTTP in error.rs only.
+
+pub mod admin;
+pub mod error;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use http_body_util::{BodyExt, Limited};
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+pub use error::ApiError;
+
+use crate::ids::sha256;
+use crate::store::UserRecord;
+use crate::App;
+
+/// Management request bodies are small; anything bigger is refused (413).
+pub const MAX_API_BODY: usize = 64 * 1024;
+
+pub fn router() -> Router<Arc<App>> {
+    Router::new()
+        .route("/api/users", post(users::sign_up))
+        .route("/api/sessions", post(users::log_in))
+        .route("/api/me", get(users::me))
+        .route("/api/keys", post(users::create_key).get(users::list_keys))
+        .route("/api/keys/{key_id}", delete(users::delete_key))
+        .route("/api/admin/deposits", post(admin::deposit))
+        .route("/api/admin/reconcile", get(admin::reconcile))
+        .route("/api/admin/users/{user_id}", get(admin::user))
+}
+
+/// A JSON body: 400 when it is not JSON, 422 when it is JSON of the wrong
+/// shape (an unknown field included: no mass assignment, A4), 413 when big.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let bytes = match Limited::new(req.into_body(), MAX_API_BODY).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(ApiError::TooLarge),
+            Err(_) => return Err(ApiError::BadJson("the body could not be read".into())),
+        };
+        parse_json(&bytes).map(Body)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Invalid("invalid_request", e.to_string()),
+        _ => ApiError::BadJson(e.to_string()),
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The signed-in user (A1, A3): a valid, unexpired session token.
+pub struct CurrentUser(pub UserRecord);
+
+impl FromRequestParts<Arc<App>> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers).ok_or(ApiError::Unauthenticated)?;
+        Ok(CurrentUser(app.accounts.authenticate(token).await?))
+    }
+}
+
+/// The operator (A2): the configured token, compared in constant time.
+/// With no token configured, every operator call is refused.
+pub struct Operator;
+
+impl FromRequestParts<Arc<App>> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let expected = app
+            .config
+            .operator_token
+            .as_ref()
+            .ok_or(ApiError::Unauthenticated)?;
+        let given = bearer(&parts.headers).ok_or(ApiError::Unauthenticated)?;
+        let equal: bool = sha256(given.as_bytes())
+            .ct_eq(&sha256(expected.0.as_bytes()))
+            .into();
+        if equal {
+            Ok(Operator)
+        } else {
+            Err(ApiError::Unauthenticated)
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Users, sessions, the signed-in user's view and personal keys (A1, A3,
+//! K1, K2, K4, K5).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, Body, CurrentUser};
+use crate::store::{KeyRecord, UserRecord};
+use crate::wallet::user_wallet_id;
+use crate::App;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    email: String,
+    password: String,
+}
+
+pub async fn sign_up(
+    State(app): State<Arc<App>>,
+    Body(c): Body<Credentials>,
+) -> Result<impl IntoResponse, ApiError> {
+    let user = app.accounts.sign_up(&c.email, &c.password).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": user.id, "email": user.email})),
+    ))
+}
+
+pub async fn log_in(
+    State(app): State<Arc<App>>,
+    Body(c): Body<Credentials>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (token, expires_at) = app.accounts.log_in(&c.email, &c.password).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"token": token, "expires_at": expires_at})),
+    ))
+}
+
+pub async fn me(
+    State(app): State<Arc<App>>,
+    CurrentUser(user): CurrentUser,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(account_view(&app, &user).await?))
+}
+
+/// `GET /api/me` and the operator's view of a user.
+pub async fn account_view(app: &App, user: &UserRecord) -> Result<Value, ApiError> {
+    let wallet = app.wallets.get(&user_wallet_id(&user.id)).await?;
+    let view = wallet.snapshot().await?;
+    Ok(json!({
+        "id": user.id,
+        "email": user.email,
+        "balance": {"paid": view.paid, "promo": view.promo},
+        "suspended": view.suspended,
+        "owned_team_id": null,
+        "teams": [],
+    }))
+}
+
+/// K1: what listings show of a key; never the secret or its hash.
+pub fn key_view(k: &KeyRecord) -> Value {
+    json!({
+        "id": k.id,
+        "prefix": k.prefix,
+        "name": k.name,
+        "status": k.status,
+        "scope": k.scope,
+        "created_by": k.created_by,
+        "member_id": k.member_id,
+        "team_id": k.team_id,
+        "created_at": k.created_at,
+        "last_used_at": k.last_used_at,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKeyBody {
+    name: String,
+}
+
+pub async fn create_key(
+    State(app): State<Arc<App>>,
+    CurrentUser(user): CurrentUser,
+    Body(b): Body<NewKeyBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let in_a_team = app.in_a_team(&user.id).await?;
+    let (record, minted) = app
+        .accounts
+        .create_personal_key(&user, &b.name, in_a_team, &app.keys)
+        .await?;
+    let mut view = key_view(&record);
+    view["key"] = Value::String(minted.secret);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+pub async fn list_keys(
+    State(app): State<Arc<App>>,
+    CurrentUser(user): CurrentUser,
+) -> Result<Json<Value>, ApiError> {
+    let keys = app.store.keys_of_user(&user.id).await?;
+    Ok(Json(Value::Array(keys.iter().map(key_view).collect())))
+}
+
+pub async fn delete_key(
+    State(app): State<Arc<App>>,
+    CurrentUser(user): CurrentUser,
+    Path(key_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let in_a_team = app.in_a_team(&user.id).await?;
+    app.accounts
+        .delete_personal_key(&user, &key_id, in_a_team, &app.keys)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

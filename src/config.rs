@@ -1,0 +1,360 @@
+//! Configuration: a TOML file (`RawConfig`, unknown keys refused) whose
+//! every key can be overridden by an environment variable
+//! `TOLLGATE_<KEY>`, validated into `Config`, the type the program uses.
+//! The environment is read through the `Env` trait so tests pass a map.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::money::{parse_amount, AmountRules, Nanos};
+
+/// Where the environment comes from: the process, or a map in tests.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("setting `{key}` ({origin}): {message}")]
+    Invalid {
+        key: &'static str,
+        origin: String,
+        message: String,
+    },
+}
+
+/// The file as written. Every field optional; unknown keys are an error
+/// that names the file and the key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    metrics_listen: Option<String>,
+    store: Option<String>,
+    redis_prefix: Option<String>,
+    upstream_url: Option<String>,
+    upstream_api_key: Option<String>,
+    pricing: Option<String>,
+    operator_token: Option<String>,
+    suspend_threshold: Option<String>,
+    public_url: Option<String>,
+    max_body_bytes: Option<u64>,
+    max_response_bytes: Option<u64>,
+    upstream_connect_timeout_ms: Option<u64>,
+    upstream_read_timeout_ms: Option<u64>,
+    flush_interval_ms: Option<u64>,
+    default_max_output_tokens: Option<u64>,
+    session_ttl_hours: Option<u64>,
+    negative_cache_ttl_ms: Option<u64>,
+    log_format: Option<String>,
+}
+
+/// Which store backs the gateway. Exactly one, never a silent fallback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreConfig {
+    Memory,
+    Redis { url: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A secret from the config: never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub store: StoreConfig,
+    pub redis_prefix: String,
+    pub upstream_url: String,
+    pub upstream_api_key: Option<Secret>,
+    pub pricing: PathBuf,
+    pub operator_token: Option<Secret>,
+    pub suspend_threshold: Nanos,
+    pub public_url: String,
+    pub max_body_bytes: usize,
+    pub max_response_bytes: usize,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_read_timeout: Duration,
+    pub flush_interval: Duration,
+    pub default_max_output_tokens: u64,
+    pub session_ttl: Duration,
+    pub negative_cache_ttl: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_raw(RawConfig::default(), &HashMap::new(), "defaults")
+            .expect("built-in defaults are valid")
+    }
+}
+
+impl Config {
+    /// Load `file` (or only defaults when `None`), then apply `env`.
+    pub fn load(file: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
+        let (raw, origin) = match file {
+            Some(path) => {
+                let shown = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: shown.clone(),
+                    source,
+                })?;
+                let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: shown.clone(),
+                    message: e.to_string(),
+                })?;
+                (raw, shown)
+            }
+            None => (RawConfig::default(), "defaults".to_string()),
+        };
+        Config::from_raw(raw, env, &origin)
+    }
+
+    fn from_raw(raw: RawConfig, env: &dyn Env, origin: &str) -> Result<Config, ConfigError> {
+        let s = Settings { env, origin };
+        let listen: SocketAddr = s.parsed("listen", raw.listen, "127.0.0.1:8080")?;
+        let store_text = s
+            .text("store", raw.store)
+            .unwrap_or_else(|| "memory".into());
+        let store = if store_text == "memory" {
+            StoreConfig::Memory
+        } else if store_text.starts_with("redis://") || store_text.starts_with("rediss://") {
+            StoreConfig::Redis { url: store_text }
+        } else {
+            return Err(s.invalid("store", "must be `memory` or a redis:// URL"));
+        };
+        let threshold_text = s
+            .text("suspend_threshold", raw.suspend_threshold)
+            .unwrap_or_else(|| "0.05".into());
+        let suspend_threshold = parse_amount(&threshold_text, AmountRules::ANY)
+            .map_err(|e| s.invalid("suspend_threshold", &e.to_string()))?;
+        let public_url = s
+            .text("public_url", raw.public_url)
+            .unwrap_or_else(|| format!("http://{listen}"));
+        let log_format = match s.text("log_format", raw.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(_) => return Err(s.invalid("log_format", "must be `text` or `json`")),
+        };
+        let upstream_url = s
+            .text("upstream_url", raw.upstream_url)
+            .unwrap_or_else(|| "http://127.0.0.1:9000".into());
+        if !upstream_url.starts_with("http://") {
+            return Err(s.invalid("upstream_url", "must be an http:// URL"));
+        }
+        let ms = |key, v: Option<u64>, d| s.parsed::<u64>(key, v.map(|v| v.to_string()), d);
+        Ok(Config {
+            listen,
+            metrics_listen: s.parsed("metrics_listen", raw.metrics_listen, "127.0.0.1:9090")?,
+            store,
+            redis_prefix: s
+                .text("redis_prefix", raw.redis_prefix)
+                .unwrap_or_else(|| "tollgate:".into()),
+            upstream_url: upstream_url.trim_end_matches('/').to_string(),
+            upstream_api_key: s
+                .text("upstream_api_key", raw.upstream_api_key)
+                .filter(|k| !k.is_empty())
+                .map(Secret),
+            pricing: PathBuf::from(
+                s.text("pricing", raw.pricing)
+                    .unwrap_or_else(|| "config/pricing.toml".into()),
+            ),
+            operator_token: s
+                .text("operator_token", raw.operator_token)
+                .filter(|k| !k.is_empty())
+                .map(Secret),
+            suspend_threshold,
+            public_url: public_url.trim_end_matches('/').to_string(),
+            max_body_bytes: ms("max_body_bytes", raw.max_body_bytes, "4194304")? as usize,
+            max_response_bytes: ms("max_response_bytes", raw.max_response_bytes, "33554432")?
+                as usize,
+            upstream_connect_timeout: Duration::from_millis(ms(
+                "upstream_connect_timeout_ms",
+                raw.upstream_connect_timeout_ms,
+                "5000",
+            )?),
+            upstream_read_timeout: Duration::from_millis(ms(
+                "upstream_read_timeout_ms",
+                raw.upstream_read_timeout_ms,
+                "300000",
+            )?),
+            flush_interval: Duration::from_millis(
+                ms("flush_interval_ms", raw.flush_interval_ms, "10")?.max(1),
+            ),
+            default_max_output_tokens: ms(
+                "default_max_output_tokens",
+                raw.default_max_output_tokens,
+                "4096",
+            )?,
+            session_ttl: Duration::from_secs(
+                3600 * ms("session_ttl_hours", raw.session_ttl_hours, "168")?.max(1),
+            ),
+            negative_cache_ttl: Duration::from_millis(ms(
+                "negative_cache_ttl_ms",
+                raw.negative_cache_ttl_ms,
+                "1000",
+            )?),
+            log_format,
+        })
+    }
+}
+
+/// Reads one setting: the environment variable wins over the file.
+struct Settings<'a> {
+    env: &'a dyn Env,
+    origin: &'a str,
+}
+
+impl Settings<'_> {
+    fn env_name(key: &str) -> String {
+        format!("TOLLGATE_{}", key.to_ascii_uppercase())
+    }
+
+    fn text(&self, key: &'static str, file: Option<String>) -> Option<String> {
+        self.env.var(&Self::env_name(key)).or(file)
+    }
+
+    fn origin_of(&self, key: &'static str) -> String {
+        let env = Self::env_name(key);
+        if self.env.var(&env).is_some() {
+            format!("environment {env}")
+        } else {
+            self.origin.to_string()
+        }
+    }
+
+    fn invalid(&self, key: &'static str, message: &str) -> ConfigError {
+        ConfigError::Invalid {
+            key,
+            origin: self.origin_of(key),
+            message: message.to_string(),
+        }
+    }
+
+    fn parsed<T: FromStr>(
+        &self,
+        key: &'static str,
+        file: Option<String>,
+        default: &str,
+    ) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let text = self.text(key, file).unwrap_or_else(|| default.to_string());
+        text.trim()
+            .parse()
+            .map_err(|e: T::Err| self.invalid(key, &format!("{text:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.metrics_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.store, StoreConfig::Memory);
+        assert_eq!(c.suspend_threshold, Nanos(50_000_000));
+        assert_eq!(c.public_url, "http://127.0.0.1:8080");
+        assert!(c.operator_token.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\nsuspend_threshold = \"1.5\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            &env(&[
+                ("TOLLGATE_LISTEN", "127.0.0.1:2"),
+                ("TOLLGATE_STORE", "redis://x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.suspend_threshold, Nanos(1_500_000_000));
+        assert_eq!(
+            c.store,
+            StoreConfig::Redis {
+                url: "redis://x".into()
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_their_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "lissten = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.toml") && err.contains("lissten"), "{err}");
+        let err = Config::load(None, &env(&[("TOLLGATE_SUSPEND_THRESHOLD", "abc")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TOLLGATE_SUSPEND_THRESHOLD"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Config::load(None, &env(&[("TOLLGATE_OPERATOR_TOKEN", "hunter2")])).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

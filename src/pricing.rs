@@ -1,0 +1,228 @@
+//! Pricing: USD per million tokens per model (B5), loaded from its own TOML
+//! file. Pure: turns token counts into an exact cost and a request's worst
+//! case into a hold estimate. The proxy reads it through an `ArcSwap`, so a
+//! reload never blocks a request.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use crate::money::{to_nanos_ceil, Nanos};
+
+/// Token counts of one call, as the upstream reports them (OpenAI `usage`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct Usage {
+    /// All prompt tokens, cached ones included (OpenAI `prompt_tokens`).
+    pub input_tokens: u64,
+    /// The cached part of `input_tokens`.
+    pub cached_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PricingError {
+    #[error("cannot read pricing file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("pricing file {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPricing {
+    #[serde(default)]
+    models: HashMap<String, RawModel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    input: String,
+    output: String,
+    cached_input: Option<String>,
+    max_output_tokens: Option<u64>,
+    upstream_url: Option<String>,
+}
+
+/// One model's prices, kept in nano-dollars per token (price per million
+/// x 1000), exact.
+#[derive(Clone, Debug)]
+pub struct ModelPrice {
+    pub input: Decimal,
+    pub cached_input: Decimal,
+    pub output: Decimal,
+    pub max_output_tokens: Option<u64>,
+    pub upstream_url: Option<String>,
+}
+
+impl ModelPrice {
+    /// B5: uncached input x input + cached x cached_input + output x output,
+    /// exact, rounded up once to a nano-dollar.
+    pub fn cost(&self, u: &Usage) -> Nanos {
+        let cached = u.cached_tokens.min(u.input_tokens);
+        let uncached = u.input_tokens - cached;
+        let nanos = Decimal::from(uncached) * self.input
+            + Decimal::from(cached) * self.cached_input
+            + Decimal::from(u.output_tokens) * self.output;
+        // Prices are nano-dollars per token already; rounding is to whole nanos.
+        to_nanos_ceil(nanos / Decimal::from(crate::money::NANOS_PER_USD))
+    }
+
+    /// The most a request can cost: every input token uncached at the
+    /// dearer input price, and the largest output it allows.
+    pub fn max_cost(&self, max_input_tokens: u64, max_output_tokens: u64) -> Nanos {
+        let usage = Usage {
+            input_tokens: max_input_tokens,
+            cached_tokens: 0,
+            output_tokens: max_output_tokens,
+        };
+        let dearer = ModelPrice {
+            input: self.input.max(self.cached_input),
+            ..self.clone()
+        };
+        dearer.cost(&usage)
+    }
+}
+
+/// All priced models.
+#[derive(Clone, Debug, Default)]
+pub struct Pricing {
+    models: HashMap<String, ModelPrice>,
+}
+
+impl Pricing {
+    pub fn load(path: &Path) -> Result<Pricing, PricingError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PricingError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Pricing::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse a pricing file's text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Pricing, PricingError> {
+        let invalid = |message: String| PricingError::Invalid {
+            path: origin.to_string(),
+            message,
+        };
+        let raw: RawPricing = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut models = HashMap::with_capacity(raw.models.len());
+        for (name, m) in raw.models {
+            let price = |field: &str, v: &str| -> Result<Decimal, PricingError> {
+                let d: Decimal = v.parse().map_err(|_| {
+                    invalid(format!("models.{name}.{field}: {v:?} is not a decimal"))
+                })?;
+                if d < Decimal::ZERO {
+                    return Err(invalid(format!("models.{name}.{field} is negative")));
+                }
+                // USD per million tokens -> nano-dollars per token.
+                Ok(d * Decimal::from(1000))
+            };
+            let input = price("input", &m.input)?;
+            let output = price("output", &m.output)?;
+            let cached_input = match &m.cached_input {
+                Some(v) => price("cached_input", v)?,
+                None => input,
+            };
+            models.insert(
+                name,
+                ModelPrice {
+                    input,
+                    cached_input,
+                    output,
+                    max_output_tokens: m.max_output_tokens,
+                    upstream_url: m.upstream_url,
+                },
+            );
+        }
+        Ok(Pricing { models })
+    }
+
+    pub fn get(&self, model: &str) -> Option<&ModelPrice> {
+        self.models.get(model)
+    }
+
+    /// Model names, sorted, for `GET /v1/models`.
+    pub fn model_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.models.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pricing() -> Pricing {
+        Pricing::parse(
+            include_str!("../config/pricing.toml"),
+            "config/pricing.toml",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn cost_splits_cached_input_exactly() {
+        let p = pricing();
+        let m = p.get("gpt-4o-mini").unwrap();
+        // 1000 uncached x 0.15/M + 200 cached x 0.075/M + 500 out x 0.60/M
+        // = 0.00015 + 0.000015 + 0.0003 = 0.000465
+        let u = Usage {
+            input_tokens: 1200,
+            cached_tokens: 200,
+            output_tokens: 500,
+        };
+        assert_eq!(m.cost(&u), Nanos(465_000));
+    }
+
+    #[test]
+    fn fractional_nanos_round_up_once() {
+        let p =
+            Pricing::parse("[models.m]\ninput = \"0.0001\"\noutput = \"0\"\n", "inline").unwrap();
+        let m = p.get("m").unwrap();
+        // 0.1 nano per token: 3 tokens = 0.3 nanos -> 1; 10 tokens = exactly 1.
+        let u = |n| Usage {
+            input_tokens: n,
+            ..Usage::default()
+        };
+        assert_eq!(m.cost(&u(3)), Nanos(1));
+        assert_eq!(m.cost(&u(10)), Nanos(1));
+        assert_eq!(m.cost(&u(11)), Nanos(2));
+    }
+
+    #[test]
+    fn max_cost_bounds_every_real_cost() {
+        let p = pricing();
+        let m = p.get("gpt-4o").unwrap();
+        let max = m.max_cost(100, 50);
+        for cached in 0..=100 {
+            let u = Usage {
+                input_tokens: 100,
+                cached_tokens: cached,
+                output_tokens: 50,
+            };
+            assert!(m.cost(&u) <= max);
+        }
+    }
+
+    #[test]
+    fn floats_and_unknown_fields_are_refused() {
+        assert!(Pricing::parse("[models.m]\ninput = 0.1\noutput = \"1\"\n", "x").is_err());
+        assert!(
+            Pricing::parse("[models.m]\ninput = \"1\"\noutput = \"1\"\nfoo = 1\n", "x").is_err()
+        );
+        assert!(Pricing::parse("[models.m]\ninput = \"-1\"\noutput = \"1\"\n", "x").is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! Server: binds the routes to listeners and shuts down gracefully. On
+//! shutdown every wallet is flushed before `run` returns, so a SIGTERM
+//! loses no settlement.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{Config, StoreConfig};
+use crate::pricing::Pricing;
+use crate::store::memory::MemoryStore;
+use crate::store::Store;
+use crate::App;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The store the config names; never a silent fallback to memory.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
+    match &config.store {
+        StoreConfig::Memory => {
+            tracing::warn!(
+                "using the MEMORY store: balances, keys and usage are lost when this process exits"
+            );
+            Ok(Arc::new(MemoryStore::new()))
+        }
+        StoreConfig::Redis { .. } => Err(ServeError::Config(
+            "the Redis store is not built yet; use store = \"memory\"".into(),
+        )),
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .merge(crate::proxy::router())
+        .merge(crate::api::router())
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(app)
+}
+
+async fn ready(State(app): State<Arc<App>>) -> (StatusCode, &'static str) {
+    match app.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unreachable"),
+    }
+}
+
+/// Serve `app` on `listener` (and metrics on `metrics`) until `shutdown`
+/// resolves; then drain connections and flush every wallet.
+pub async fn run(
+    app: Arc<App>,
+    listener: TcpListener,
+    metrics: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let handle = crate::metrics::install();
+    let metrics_router = Router::new().route(
+        "/metrics",
+        get(move || {
+            let h = handle.clone();
+            async move { h.render() }
+        }),
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut metrics_stop = stop_rx.clone();
+    let metrics_task = tokio::spawn(async move {
+        axum::serve(metrics, metrics_router)
+            .with_graceful_shutdown(async move {
+                let _ = metrics_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let served = axum::serve(listener, router(app.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = metrics_task.await;
+    if let Err(e) = app.wallets.flush_all().await {
+        tracing::error!(error = %e, "final wallet flush failed");
+    }
+    drop(stop_rx);
+    Ok(served?)
+}
+
+/// A gateway running in this process (tests, the demo).
+pub struct Running {
+    pub app: Arc<App>,
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful stop: drain, flush, return.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(ServeError::Config(format!("server task failed: {e}"))),
+        }
+    }
+}
+
+/// Bind the configured listeners (port 0 allowed) and serve in the
+/// background.
+pub async fn start(
+    config: Config,
+    store: Arc<dyn Store>,
+    pricing: Pricing,
+) -> Result<Running, ServeError> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let metrics = TcpListener::bind(config.metrics_listen).await?;
+    let addr = listener.local_addr()?;
+    let metrics_addr = metrics.local_addr()?;
+    let app = Arc::new(App::new(config, store, pricing));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(app.clone(), listener, metrics, async move {
+        let _ = rx.await;
+    }));
+    Ok(Running {
+        app,
+        addr,
+        metrics_addr,
+        stop: Some(tx),
+        task,
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,145 @@
+//! Wallet: a prepaid balance that usage draws from (a team's pool or a
+//! user's personal balance). Math in ledger.rs (pure); actor.rs serialises
+//! changes and persists them; registry.rs starts one actor per wallet on
+//! first use. Nothing here speaks HTTP.
+
+pub mod actor;
+pub mod ledger;
+pub mod registry;
+
+use std::sync::Arc;
+
+use ractor::rpc::CallResult;
+use ractor::ActorRef;
+
+pub use actor::{Credited, WalletShared, WalletView};
+pub use ledger::WalletError;
+pub use registry::WalletRegistry;
+
+use crate::money::Nanos;
+use crate::store::{LedgerEntry, UsageFacts};
+use actor::WalletMsg;
+
+/// The personal wallet of a user.
+pub fn user_wallet_id(user_id: &str) -> String {
+    format!("user:{user_id}")
+}
+
+/// The wallet of a team.
+pub fn team_wallet_id(team_id: &str) -> String {
+    format!("team:{team_id}")
+}
+
+/// A cheap, cloneable handle to a running wallet actor.
+#[derive(Clone)]
+pub struct WalletHandle {
+    pub id: Arc<str>,
+    actor: ActorRef<WalletMsg>,
+    shared: Arc<WalletShared>,
+}
+
+fn answer<T>(r: Result<CallResult<T>, impl std::fmt::Debug>) -> Result<T, WalletError> {
+    match r {
+        Ok(CallResult::Success(v)) => Ok(v),
+        _ => Err(WalletError::Unavailable),
+    }
+}
+
+impl WalletHandle {
+    /// B2: read on every request, without messaging the actor.
+    pub fn is_suspended(&self) -> bool {
+        self.shared.is_suspended()
+    }
+
+    /// B6: reserve `amount` for `request_id`. The returned `Hold` must be
+    /// settled; dropped unsettled, it releases itself.
+    pub async fn hold(&self, request_id: u64, amount: Nanos) -> Result<Hold, WalletError> {
+        let r = self
+            .actor
+            .call(
+                |reply_to| WalletMsg::Hold {
+                    request_id,
+                    amount,
+                    reply_to,
+                },
+                None,
+            )
+            .await;
+        answer(r)??;
+        Ok(Hold {
+            wallet: self.clone(),
+            request_id,
+            open: true,
+        })
+    }
+
+    /// Durable first, then applied (deposits, transfers in).
+    pub async fn credit(&self, entry: LedgerEntry) -> Result<Credited, WalletError> {
+        let entry = Box::new(entry);
+        let r = self
+            .actor
+            .call(|reply_to| WalletMsg::Credit { entry, reply_to }, None)
+            .await;
+        answer(r)?
+    }
+
+    pub async fn snapshot(&self) -> Result<WalletView, WalletError> {
+        answer(
+            self.actor
+                .call(|reply_to| WalletMsg::Snapshot { reply_to }, None)
+                .await,
+        )
+    }
+
+    /// Wait until everything settled so far is in the store.
+    pub async fn flush(&self) -> Result<(), WalletError> {
+        answer(
+            self.actor
+                .call(|reply_to| WalletMsg::FlushNow { reply_to }, None)
+                .await,
+        )?
+    }
+}
+
+/// A reservation on a wallet for one request (B6).
+#[must_use = "settle the hold, or drop it to release"]
+pub struct Hold {
+    wallet: WalletHandle,
+    request_id: u64,
+    open: bool,
+}
+
+impl Hold {
+    pub fn wallet_id(&self) -> &str {
+        &self.wallet.id
+    }
+
+    /// Debit the actual cost and release the reservation. Sent to the
+    /// actor's mailbox now: anything asked of the wallet afterwards sees it.
+    pub fn settle(mut self, cost: Nanos, reference: String, facts: UsageFacts) {
+        self.open = false;
+        let _ = self.wallet.actor.cast(WalletMsg::Settle {
+            request_id: self.request_id,
+            cost,
+            reference,
+            facts: Box::new(facts),
+        });
+        crate::metrics::settlement(cost);
+    }
+
+    /// Nothing billed (U4, P5).
+    pub fn release(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.wallet.actor.cast(WalletMsg::Release {
+                request_id: self.request_id,
+            });
+            crate::metrics::hold_released();
+        }
+    }
+}
