@@ -1,0 +1,258 @@
+//! Shared test helpers: a real gateway on port 0 in front of a real mock
+//! upstream on port 0, and a client that speaks to both through sockets.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tollgate::config::{Config, Secret};
+use tollgate::mock_upstream::MockUpstream;
+use tollgate::pricing::Pricing;
+use tollgate::store::memory::MemoryStore;
+use tollgate::store::Store;
+use tollgate::Running;
+
+pub const OPERATOR: &str = "operator-secret-for-tests";
+pub const UPSTREAM_KEY: &str = "upstream-secret-key";
+pub const PRICING: &str = include_str!("../../config/pricing.toml");
+
+pub struct Mock {
+    pub upstream: MockUpstream,
+    pub url: String,
+}
+
+pub async fn spawn_mock() -> Mock {
+    let upstream = MockUpstream::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(upstream.clone().serve(listener, std::future::pending()));
+    Mock { upstream, url }
+}
+
+/// A config for tests: ephemeral ports, the mock upstream, an operator.
+pub fn test_config(upstream_url: &str) -> Config {
+    let mut c = Config::default();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.metrics_listen = "127.0.0.1:0".parse().unwrap();
+    c.upstream_url = upstream_url.to_string();
+    c.upstream_api_key = Some(Secret(UPSTREAM_KEY.into()));
+    c.operator_token = Some(Secret(OPERATOR.into()));
+    c.flush_interval = Duration::from_millis(2);
+    c
+}
+
+pub struct Gateway {
+    pub running: Running,
+    pub mock: Mock,
+    pub http: reqwest::Client,
+    pub url: String,
+    pub store: Arc<dyn Store>,
+}
+
+pub async fn spawn_gateway() -> Gateway {
+    spawn_gateway_with(|_| {}).await
+}
+
+pub async fn spawn_gateway_with(tweak: impl FnOnce(&mut Config)) -> Gateway {
+    let mock = spawn_mock().await;
+    let mut config = test_config(&mock.url);
+    tweak(&mut config);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let pricing = Pricing::parse(PRICING, "config/pricing.toml").unwrap();
+    let running = tollgate::start(config, store.clone(), pricing)
+        .await
+        .unwrap();
+    let url = running.url();
+    Gateway {
+        running,
+        mock,
+        http: reqwest::Client::new(),
+        url,
+        store,
+    }
+}
+
+/// A signed-up, logged-in user.
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub token: String,
+}
+
+impl Gateway {
+    pub async fn post(&self, path: &str, bearer: Option<&str>, body: &Value) -> Response {
+        let mut r = self.http.post(format!("{}{path}", self.url)).json(body);
+        if let Some(b) = bearer {
+            r = r.bearer_auth(b);
+        }
+        r.send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str, bearer: Option<&str>) -> Response {
+        let mut r = self.http.get(format!("{}{path}", self.url));
+        if let Some(b) = bearer {
+            r = r.bearer_auth(b);
+        }
+        r.send().await.unwrap()
+    }
+
+    pub async fn delete(&self, path: &str, bearer: Option<&str>) -> Response {
+        let mut r = self.http.delete(format!("{}{path}", self.url));
+        if let Some(b) = bearer {
+            r = r.bearer_auth(b);
+        }
+        r.send().await.unwrap()
+    }
+
+    pub async fn user(&self, email: &str) -> User {
+        let r = self
+            .post(
+                "/api/users",
+                None,
+                &json!({"email": email, "password": "password123"}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let id = r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = self
+            .post(
+                "/api/sessions",
+                None,
+                &json!({"email": email, "password": "password123"}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let token = r.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        User {
+            id,
+            email: email.to_string(),
+            token,
+        }
+    }
+
+    /// An operator deposit; returns the response.
+    pub async fn deposit_raw(&self, idem: &str, body: &Value) -> Response {
+        self.http
+            .post(format!("{}/api/admin/deposits", self.url))
+            .bearer_auth(OPERATOR)
+            .header("Idempotency-Key", idem)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn deposit(&self, user: &User, amount: &str, kind: &str) -> Value {
+        let idem = tollgate::ids::new_id("idem");
+        let r = self
+            .deposit_raw(
+                &idem,
+                &json!({"user_id": user.id, "amount": amount, "kind": kind}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+        r.json().await.unwrap()
+    }
+
+    pub async fn key(&self, user: &User) -> String {
+        let r = self
+            .post("/api/keys", Some(&user.token), &json!({"name": "k"}))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json::<Value>().await.unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A user with `paid` dollars deposited and a personal key.
+    pub async fn funded(&self, email: &str, paid: &str) -> (User, String) {
+        let u = self.user(email).await;
+        if paid != "0" {
+            self.deposit(&u, paid, "stripe").await;
+        }
+        let k = self.key(&u).await;
+        (u, k)
+    }
+
+    pub async fn me(&self, user: &User) -> Value {
+        let r = self.get("/api/me", Some(&user.token)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    /// (paid, promo) as the API shows them.
+    pub async fn balance(&self, user: &User) -> (String, String) {
+        let me = self.me(user).await;
+        (
+            me["balance"]["paid"].as_str().unwrap().to_string(),
+            me["balance"]["promo"].as_str().unwrap().to_string(),
+        )
+    }
+
+    pub async fn reconcile(&self) -> Value {
+        let r = self.get("/api/admin/reconcile", Some(OPERATOR)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    /// A chat completion through the proxy, with mock knobs as headers.
+    pub async fn chat(&self, key: &str, body: &Value, knobs: &[(&str, &str)]) -> Response {
+        let mut r = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.url))
+            .bearer_auth(key)
+            .json(body);
+        for (k, v) in knobs {
+            r = r.header(*k, *v);
+        }
+        r.send().await.unwrap()
+    }
+}
+
+pub fn chat_body(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 100})
+}
+
+/// Nano-dollars as the API prints them.
+pub fn usd(nanos: i64) -> String {
+    tollgate::money::Nanos(nanos).to_string()
+}
+
+/// gpt-4o-mini: 0.15 in, 0.075 cached, 0.60 out per million = nanos/token x1000.
+pub fn mini_cost(prompt: i64, cached: i64, output: i64) -> i64 {
+    (prompt - cached) * 150 + cached * 75 + output * 600
+}
+
+/// Poll `cond` until it holds (bounded: 10 s), instead of sleeping blindly.
+pub async fn wait_until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A money string from the API, exactly, in nano-dollars.
+pub fn nanos(s: &str) -> i64 {
+    tollgate::money::parse_amount(s, tollgate::money::AmountRules::ANY)
+        .unwrap()
+        .0
+}
