@@ -25,9 +25,18 @@ struct Inner {
     ledger: HashMap<String, Vec<LedgerEntry>>,
     entry_ids: HashSet<String>,
     batches: HashSet<String>,
-    key_usage: HashMap<String, BTreeMap<NaiveDate, DayUsage>>,
+    entries_by_id: HashMap<String, (String, usize)>,
+    /// wallet -> (date, key, member) -> counters.
+    usage: HashMap<String, BTreeMap<(NaiveDate, String, String), DayUsage>>,
     idempotency: HashMap<String, IdempotencyRecord>,
     totals: MoneyTotals,
+    teams: HashMap<String, TeamRecord>,
+    members: HashMap<(String, String), MemberRecord>,
+    invites: HashMap<String, InviteRecord>,
+    invites_by_token: HashMap<String, String>,
+    outbox: Vec<OutboxMessage>,
+    events: Vec<EventRecord>,
+    transfers: HashMap<String, TransferRecord>,
 }
 
 #[derive(Default)]
@@ -141,10 +150,11 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn apply(&self, batch: &WalletBatch) -> StoreResult<Applied> {
+    async fn apply(&self, batch: &WalletBatch) -> StoreResult<(Applied, WalletBalance)> {
         let mut g = self.lock();
         if g.batches.contains(&batch.batch_id) {
-            return Ok(Applied::Before);
+            let after = g.wallets.get(&batch.wallet_id).copied().unwrap_or_default();
+            return Ok((Applied::Before, after));
         }
         // Check everything before the first write: a batch applies whole.
         for e in &batch.entries {
@@ -174,20 +184,23 @@ impl Store for MemoryStore {
                 if let Some(k) = g.keys.get_mut(&u.key_id) {
                     k.last_used_at = k.last_used_at.max(Some(e.at));
                 }
-                g.key_usage
-                    .entry(u.key_id.clone())
+                g.usage
+                    .entry(batch.wallet_id.clone())
                     .or_default()
-                    .entry(e.at.date_naive())
+                    .entry((e.at.date_naive(), u.key_id.clone(), u.member_id.clone()))
                     .or_default()
                     .add(&u.usage, Nanos::ZERO - e.amount());
             }
             g.entry_ids.insert(e.id.clone());
         }
-        g.ledger
-            .entry(batch.wallet_id.clone())
-            .or_default()
-            .extend(batch.entries.iter().cloned());
-        Ok(Applied::Now)
+        let ledger = g.ledger.entry(batch.wallet_id.clone()).or_default();
+        for e in &batch.entries {
+            g.entries_by_id
+                .insert(e.id.clone(), (batch.wallet_id.clone(), ledger.len()));
+            ledger.push(e.clone());
+        }
+        let after = g.wallets.get(&batch.wallet_id).copied().unwrap_or_default();
+        Ok((Applied::Now, after))
     }
 
     async fn ledger(&self, wallet_id: &str) -> StoreResult<Vec<LedgerEntry>> {
@@ -203,17 +216,187 @@ impl Store for MemoryStore {
         Ok(self.lock().totals)
     }
 
-    async fn key_usage(
+    async fn ledger_entry(
         &self,
-        key_id: &str,
-        from: NaiveDate,
-    ) -> StoreResult<Vec<(NaiveDate, DayUsage)>> {
+        wallet_id: &str,
+        entry_id: &str,
+    ) -> StoreResult<Option<LedgerEntry>> {
+        let g = self.lock();
+        Ok(g.entries_by_id
+            .get(entry_id)
+            .filter(|(w, _)| w == wallet_id)
+            .and_then(|(w, i)| g.ledger.get(w).and_then(|l| l.get(*i)))
+            .cloned())
+    }
+
+    async fn usage_rows(&self, wallet_id: &str, from: NaiveDate) -> StoreResult<Vec<UsageRow>> {
+        let g = self.lock();
+        let Some(rows) = g.usage.get(wallet_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(rows
+            .range((from, String::new(), String::new())..)
+            .map(|((date, key_id, member_id), u)| UsageRow {
+                wallet_id: wallet_id.to_string(),
+                key_id: key_id.clone(),
+                member_id: member_id.clone(),
+                date: *date,
+                usage: *u,
+            })
+            .collect())
+    }
+
+    async fn prune_usage(&self, before: NaiveDate) -> StoreResult<()> {
+        let mut g = self.lock();
+        for rows in g.usage.values_mut() {
+            *rows = rows.split_off(&(before, String::new(), String::new()));
+        }
+        Ok(())
+    }
+
+    async fn put_team(&self, team: &TeamRecord) -> StoreResult<()> {
+        self.lock().teams.insert(team.id.clone(), team.clone());
+        Ok(())
+    }
+
+    async fn team(&self, id: &str) -> StoreResult<Option<TeamRecord>> {
+        Ok(self.lock().teams.get(id).cloned())
+    }
+
+    async fn owned_team(&self, user_id: &str) -> StoreResult<Option<TeamRecord>> {
         Ok(self
             .lock()
-            .key_usage
-            .get(key_id)
-            .map(|days| days.range(from..).map(|(d, u)| (*d, *u)).collect())
-            .unwrap_or_default())
+            .teams
+            .values()
+            .find(|t| t.owner_id == user_id && t.deleted_at.is_none())
+            .cloned())
+    }
+
+    async fn put_member(&self, m: &MemberRecord) -> StoreResult<()> {
+        self.lock()
+            .members
+            .insert((m.team_id.clone(), m.user_id.clone()), m.clone());
+        Ok(())
+    }
+
+    async fn member(&self, team_id: &str, user_id: &str) -> StoreResult<Option<MemberRecord>> {
+        Ok(self
+            .lock()
+            .members
+            .get(&(team_id.to_string(), user_id.to_string()))
+            .cloned())
+    }
+
+    async fn members(&self, team_id: &str) -> StoreResult<Vec<MemberRecord>> {
+        let mut v: Vec<MemberRecord> = self
+            .lock()
+            .members
+            .values()
+            .filter(|m| m.team_id == team_id)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.joined_at, &a.user_id).cmp(&(b.joined_at, &b.user_id)));
+        Ok(v)
+    }
+
+    async fn memberships(&self, user_id: &str) -> StoreResult<Vec<MemberRecord>> {
+        let mut v: Vec<MemberRecord> = self
+            .lock()
+            .members
+            .values()
+            .filter(|m| m.user_id == user_id && m.active())
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.joined_at, &a.team_id).cmp(&(b.joined_at, &b.team_id)));
+        Ok(v)
+    }
+
+    async fn put_invite(&self, inv: &InviteRecord) -> StoreResult<()> {
+        let mut g = self.lock();
+        g.invites_by_token
+            .insert(inv.token_hash.clone(), inv.id.clone());
+        g.invites.insert(inv.id.clone(), inv.clone());
+        Ok(())
+    }
+
+    async fn invite(&self, id: &str) -> StoreResult<Option<InviteRecord>> {
+        Ok(self.lock().invites.get(id).cloned())
+    }
+
+    async fn invite_by_token(&self, token_hash: &str) -> StoreResult<Option<InviteRecord>> {
+        let g = self.lock();
+        Ok(g.invites_by_token
+            .get(token_hash)
+            .and_then(|id| g.invites.get(id))
+            .cloned())
+    }
+
+    async fn invites(&self, team_id: &str) -> StoreResult<Vec<InviteRecord>> {
+        let mut v: Vec<InviteRecord> = self
+            .lock()
+            .invites
+            .values()
+            .filter(|i| i.team_id == team_id)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
+    }
+
+    async fn team_keys(&self, team_id: &str) -> StoreResult<Vec<KeyRecord>> {
+        let mut v: Vec<KeyRecord> = self
+            .lock()
+            .keys
+            .values()
+            .filter(|k| k.team_id.as_deref() == Some(team_id))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
+    }
+
+    async fn put_outbox(&self, m: &OutboxMessage) -> StoreResult<()> {
+        let mut g = self.lock();
+        match g.outbox.iter_mut().find(|o| o.id == m.id) {
+            Some(o) => *o = m.clone(),
+            None => g.outbox.push(m.clone()),
+        }
+        Ok(())
+    }
+
+    async fn outbox(&self) -> StoreResult<Vec<OutboxMessage>> {
+        Ok(self.lock().outbox.clone())
+    }
+
+    async fn append_event(&self, e: &EventRecord) -> StoreResult<()> {
+        self.lock().events.push(e.clone());
+        Ok(())
+    }
+
+    async fn events(&self, team_id: &str) -> StoreResult<Vec<EventRecord>> {
+        Ok(self
+            .lock()
+            .events
+            .iter()
+            .filter(|e| e.team_id == team_id)
+            .cloned()
+            .collect())
+    }
+
+    async fn put_transfer(&self, t: &TransferRecord) -> StoreResult<()> {
+        self.lock().transfers.insert(t.id.clone(), t.clone());
+        Ok(())
+    }
+
+    async fn finish_transfer(&self, id: &str) -> StoreResult<()> {
+        self.lock().transfers.remove(id);
+        Ok(())
+    }
+
+    async fn unfinished_transfers(&self) -> StoreResult<Vec<TransferRecord>> {
+        let mut v: Vec<TransferRecord> = self.lock().transfers.values().cloned().collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
     }
 
     async fn idempotency(&self, scope_key: &str) -> StoreResult<Option<IdempotencyRecord>> {

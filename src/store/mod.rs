@@ -208,6 +208,146 @@ impl DayUsage {
     }
 }
 
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TeamRecord {
+    pub id: String,
+    pub name: String,
+    pub owner_id: String,
+    pub created_at: DateTime<Utc>,
+    /// Set by deletion (D1); a deleted team is gone for everyone but its
+    /// ledger and usage history.
+    #[serde(default)]
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// A membership. Rows of members who left stay, with `left_at`, so their
+/// usage stays attributed (U2).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub team_id: String,
+    pub user_id: String,
+    pub role: Role,
+    pub joined_at: DateTime<Utc>,
+    #[serde(default)]
+    pub left_at: Option<DateTime<Utc>>,
+}
+
+impl MemberRecord {
+    pub fn active(&self) -> bool {
+        self.left_at.is_none()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InviteStatus {
+    Pending,
+    Accepted,
+    Revoked,
+    /// A newer invite to the same email replaced it (I2).
+    Replaced,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InviteRecord {
+    pub id: String,
+    pub team_id: String,
+    /// As typed by the inviter.
+    pub email: String,
+    pub email_norm: String,
+    pub role: Role,
+    /// Hex SHA-256 of the single-use token (I2).
+    pub token_hash: String,
+    pub invited_by: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub status: InviteStatus,
+}
+
+/// An email waiting for (or past) delivery by the mailer (I3).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub id: String,
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+    /// The invite's accept link: the mail itself. Readable by the operator
+    /// only; the token in it dies with the invite.
+    pub link: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// Something that happened to a team, for the owner and for notifications.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EventRecord {
+    pub id: String,
+    pub team_id: String,
+    /// `team.suspended`, `member.joined`, `key.created`, ...
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub data: serde_json::Value,
+}
+
+/// What a transfer between wallets is for; re-applied on recovery, so each
+/// step is idempotent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum TransferOp {
+    /// T3: the creator's paid balance moves to their new team.
+    CreateTeam { team: TeamRecord },
+    /// I5: the joiner's paid balance moves to the team.
+    Join {
+        team_id: String,
+        user_id: String,
+        role: Role,
+        invite_id: String,
+    },
+    /// D1: the team's whole balance moves to the owner.
+    DeleteTeam { team_id: String, owner_id: String },
+}
+
+/// A money move between two wallets, written before its first half so a
+/// crash between the halves is finished on recovery, never doubled.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TransferRecord {
+    pub id: String,
+    pub from_wallet: String,
+    pub to_wallet: String,
+    pub op: TransferOp,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One day's usage of one key by one member on one wallet (UTC day).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UsageRow {
+    pub wallet_id: String,
+    pub key_id: String,
+    pub member_id: String,
+    pub date: NaiveDate,
+    #[serde(flatten)]
+    pub usage: DayUsage,
+}
+
+/// A change other gateway instances must hear about (K5, B3).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", content = "id", rename_all = "lowercase")]
+pub enum Change {
+    /// A key's status or wallet changed: drop it from the key cache.
+    Key(String),
+    /// A wallet's stored balance changed outside this instance: re-read it.
+    Wallet(String),
+}
+
 /// Totals for the reconciliation report (B8).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MoneyTotals {
@@ -238,16 +378,64 @@ pub trait Store: Send + Sync + 'static {
 
     // Wallets and the ledger (B1-B9).
     async fn wallet(&self, wallet_id: &str) -> StoreResult<WalletBalance>;
-    async fn apply(&self, batch: &WalletBatch) -> StoreResult<Applied>;
+    /// Apply a batch atomically, at most once per batch id; returns whether
+    /// it applied now and the wallet's stored balance after it (which
+    /// includes other instances' changes).
+    async fn apply(&self, batch: &WalletBatch) -> StoreResult<(Applied, WalletBalance)>;
     async fn ledger(&self, wallet_id: &str) -> StoreResult<Vec<LedgerEntry>>;
     async fn money_totals(&self) -> StoreResult<MoneyTotals>;
 
-    // Usage day buckets, written by `apply` from settlement entries (U1).
-    async fn key_usage(
+    /// One entry by id, if applied (transfer recovery).
+    async fn ledger_entry(
         &self,
-        key_id: &str,
-        from: NaiveDate,
-    ) -> StoreResult<Vec<(NaiveDate, DayUsage)>>;
+        wallet_id: &str,
+        entry_id: &str,
+    ) -> StoreResult<Option<LedgerEntry>>;
+
+    // Usage day buckets, written by `apply` from settlement entries, in the
+    // same atomic step as the debit (U1).
+    async fn usage_rows(&self, wallet_id: &str, from: NaiveDate) -> StoreResult<Vec<UsageRow>>;
+    /// Drop buckets older than `before` (90-day retention).
+    async fn prune_usage(&self, before: NaiveDate) -> StoreResult<()>;
+
+    // Teams (T1-T4), members, invites (I1-I5).
+    async fn put_team(&self, team: &TeamRecord) -> StoreResult<()>;
+    async fn team(&self, id: &str) -> StoreResult<Option<TeamRecord>>;
+    /// The live (not deleted) team this user owns (T1).
+    async fn owned_team(&self, user_id: &str) -> StoreResult<Option<TeamRecord>>;
+    async fn put_member(&self, m: &MemberRecord) -> StoreResult<()>;
+    async fn member(&self, team_id: &str, user_id: &str) -> StoreResult<Option<MemberRecord>>;
+    /// Every row, departed members included.
+    async fn members(&self, team_id: &str) -> StoreResult<Vec<MemberRecord>>;
+    /// Active memberships of a user.
+    async fn memberships(&self, user_id: &str) -> StoreResult<Vec<MemberRecord>>;
+    async fn put_invite(&self, inv: &InviteRecord) -> StoreResult<()>;
+    async fn invite(&self, id: &str) -> StoreResult<Option<InviteRecord>>;
+    async fn invite_by_token(&self, token_hash: &str) -> StoreResult<Option<InviteRecord>>;
+    async fn invites(&self, team_id: &str) -> StoreResult<Vec<InviteRecord>>;
+    async fn team_keys(&self, team_id: &str) -> StoreResult<Vec<KeyRecord>>;
+
+    // The outbox (I3) and the event log.
+    async fn put_outbox(&self, m: &OutboxMessage) -> StoreResult<()>;
+    async fn outbox(&self) -> StoreResult<Vec<OutboxMessage>>;
+    async fn append_event(&self, e: &EventRecord) -> StoreResult<()>;
+    async fn events(&self, team_id: &str) -> StoreResult<Vec<EventRecord>>;
+
+    // Transfers between wallets (DESIGN "Money between wallets").
+    async fn put_transfer(&self, t: &TransferRecord) -> StoreResult<()>;
+    async fn finish_transfer(&self, id: &str) -> StoreResult<()>;
+    async fn unfinished_transfers(&self) -> StoreResult<Vec<TransferRecord>>;
+
+    // Several gateway instances on one store (DESIGN "Scale-out").
+    /// Tell the other instances that something they may cache changed.
+    async fn publish(&self, _change: &Change) -> StoreResult<()> {
+        Ok(())
+    }
+    /// Changes published by other instances; `None` for a store that only
+    /// one process uses (memory).
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Change>> {
+        None
+    }
 
     // Idempotency records (B7).
     async fn idempotency(&self, scope_key: &str) -> StoreResult<Option<IdempotencyRecord>>;

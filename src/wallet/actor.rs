@@ -288,7 +288,7 @@ impl Actor for WalletActor {
                         wallet_id: entry.wallet_id.clone(),
                         entries: vec![(*entry).clone()],
                     };
-                    let result = store.apply(&batch).await.map_err(|e| {
+                    let result = store.apply(&batch).await.map(|(a, _)| a).map_err(|e| {
                         tracing::warn!(wallet = %batch.wallet_id, error = %e, "credit not persisted");
                     });
                     let _ = me.cast(WalletMsg::CreditDone {
