@@ -74,6 +74,8 @@ struct RawConfig {
     session_ttl_hours: Option<u64>,
     negative_cache_ttl_ms: Option<u64>,
     log_format: Option<String>,
+    mailer_webhook_url: Option<String>,
+    team_close_wait_ms: Option<u64>,
 }
 
 /// Which store backs the gateway. Exactly one, never a silent fallback.
@@ -121,6 +123,10 @@ pub struct Config {
     pub session_ttl: Duration,
     pub negative_cache_ttl: Duration,
     pub log_format: LogFormat,
+    /// Where invite emails are POSTed as JSON; none: the log mailer.
+    pub mailer_webhook_url: Option<String>,
+    /// How long team deletion waits for in-flight requests (D1).
+    pub team_close_wait: Duration,
 }
 
 impl Default for Config {
@@ -236,6 +242,14 @@ impl Config {
                 "1000",
             )?),
             log_format,
+            mailer_webhook_url: s
+                .text("mailer_webhook_url", raw.mailer_webhook_url)
+                .filter(|u| !u.is_empty()),
+            team_close_wait: Duration::from_millis(ms(
+                "team_close_wait_ms",
+                raw.team_close_wait_ms,
+                "60000",
+            )?),
         })
     }
 }

@@ -14,7 +14,10 @@
 //! - `wallet`: one actor per wallet, the only writer of its balance; the
 //!   pure arithmetic in `wallet::ledger`.
 //! - `billing`: deposits from outside and the reconciliation report.
-//! - `accounts`: users, sessions, personal keys.
+//! - `accounts`: users, sessions, personal keys; `accounts::rules` is the
+//!   role table as pure functions.
+//! - `teams`: the team lifecycle (create, invite, join, leave, delete) and
+//!   money moves between wallets; `mailer` delivers the invite emails.
 //! - `store`: the `Store` trait, the memory store.
 //! - `api`: the management API; `api::error` is the one error -> HTTP table.
 //! - `money`, `ids`, `config`, `metrics`: the shared vocabulary.
@@ -24,9 +27,11 @@ pub mod accounts;
 pub mod api;
 pub mod auth;
 pub mod billing;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod ids;
+pub mod mailer;
 pub mod metrics;
 pub mod mock_upstream;
 pub mod money;
@@ -34,6 +39,7 @@ pub mod pricing;
 pub mod proxy;
 pub mod server;
 pub mod store;
+pub mod teams;
 pub mod wallet;
 
 use std::sync::Arc;
@@ -43,11 +49,14 @@ use dashmap::DashMap;
 
 use accounts::Accounts;
 use auth::KeyCache;
+use clock::{Clock, SystemClock};
 use config::Config;
 use ids::RequestIds;
+use mailer::Mailer;
 use pricing::Pricing;
 use proxy::forward::Upstream;
 use store::{Store, StoreError};
+use teams::Teams;
 use wallet::WalletRegistry;
 
 pub use server::{start, Running};
@@ -58,9 +67,11 @@ pub struct App {
     pub store: Arc<dyn Store>,
     /// Swapped whole on reload; readers never wait.
     pub pricing: ArcSwap<Pricing>,
-    pub wallets: WalletRegistry,
-    pub keys: KeyCache,
+    pub wallets: Arc<WalletRegistry>,
+    pub keys: Arc<KeyCache>,
     pub accounts: Accounts,
+    pub teams: Teams,
+    pub clock: Arc<dyn Clock>,
     pub upstream: Upstream,
     pub ids: RequestIds,
     pub locks: KeyedLocks,
@@ -68,16 +79,43 @@ pub struct App {
 
 impl App {
     pub fn new(config: Config, store: Arc<dyn Store>, pricing: Pricing) -> App {
+        App::with_clock(config, store, pricing, Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(
+        config: Config,
+        store: Arc<dyn Store>,
+        pricing: Pricing,
+        clock: Arc<dyn Clock>,
+    ) -> App {
         let ids = RequestIds::default();
+        let wallets = Arc::new(WalletRegistry::new(
+            store.clone(),
+            config.suspend_threshold,
+            config.flush_interval,
+            ids.nonce(),
+            clock.clone(),
+        ));
+        let keys = Arc::new(KeyCache::new(config.negative_cache_ttl));
+        let mailer = Mailer::new(
+            store.clone(),
+            clock.clone(),
+            config.mailer_webhook_url.clone(),
+        );
         App {
             pricing: ArcSwap::from_pointee(pricing),
-            wallets: WalletRegistry::new(
+            teams: Teams::new(
                 store.clone(),
-                config.suspend_threshold,
-                config.flush_interval,
-                ids.nonce(),
+                wallets.clone(),
+                keys.clone(),
+                clock.clone(),
+                mailer,
+                config.public_url.clone(),
+                config.team_close_wait,
             ),
-            keys: KeyCache::new(config.negative_cache_ttl),
+            wallets,
+            keys,
+            clock,
             accounts: Accounts::new(store.clone(), config.session_ttl),
             upstream: Upstream::new(
                 config.upstream_api_key.as_ref().map(|s| s.0.as_str()),
@@ -91,10 +129,33 @@ impl App {
         }
     }
 
-    /// Whether the user belongs to any team (K2). Teams arrive with the
-    /// team-accounts work; until then nobody does.
-    pub async fn in_a_team(&self, _user_id: &str) -> Result<bool, StoreError> {
-        Ok(false)
+    /// Whether the user belongs to any team (K2).
+    pub async fn in_a_team(&self, user_id: &str) -> Result<bool, StoreError> {
+        Ok(!self.store.memberships(user_id).await?.is_empty())
+    }
+
+    /// Work done once before serving: finish interrupted transfers, follow
+    /// other instances' changes, retry undelivered mail.
+    pub async fn boot(self: &Arc<Self>) -> Result<(), teams::TeamError> {
+        let finished = self.teams.recover().await?;
+        if finished > 0 {
+            tracing::warn!(finished, "finished transfers interrupted by the last stop");
+        }
+        if let Some(mut changes) = self.store.subscribe() {
+            let app = Arc::downgrade(self);
+            tokio::spawn(async move {
+                while let Some(change) = changes.recv().await {
+                    let Some(app) = app.upgrade() else { break };
+                    match change {
+                        store::Change::Key(hash) => app.keys.invalidate(&hash),
+                        store::Change::Wallet(id) => app.wallets.resync(&id),
+                    }
+                }
+            });
+        }
+        let mailer = self.teams.mailer().clone();
+        tokio::spawn(mailer.retry_loop(std::time::Duration::from_secs(5)));
+        Ok(())
     }
 }
 

@@ -128,11 +128,24 @@ pub async fn start(
     store: Arc<dyn Store>,
     pricing: Pricing,
 ) -> Result<Running, ServeError> {
+    start_with_clock(config, store, pricing, Arc::new(crate::clock::SystemClock)).await
+}
+
+/// `start` with an injected clock (tests move time by hand).
+pub async fn start_with_clock(
+    config: Config,
+    store: Arc<dyn Store>,
+    pricing: Pricing,
+    clock: Arc<dyn crate::clock::Clock>,
+) -> Result<Running, ServeError> {
     let listener = TcpListener::bind(config.listen).await?;
     let metrics = TcpListener::bind(config.metrics_listen).await?;
     let addr = listener.local_addr()?;
     let metrics_addr = metrics.local_addr()?;
-    let app = Arc::new(App::new(config, store, pricing));
+    let app = Arc::new(App::with_clock(config, store, pricing, clock));
+    app.boot()
+        .await
+        .map_err(|e| ServeError::Config(format!("recovery failed: {e}")))?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run(app.clone(), listener, metrics, async move {
         let _ = rx.await;

@@ -3,6 +3,7 @@
 //! only as SHA-256 hashes. Nothing here speaks HTTP; the API maps
 //! `AccountError` to status codes in one place (api/error.rs).
 
+pub mod rules;
 pub mod users;
 
 pub use users::{AccountError, Accounts};

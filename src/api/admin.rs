@@ -85,7 +85,12 @@ pub async fn deposit(
             app.store.user(user_id).await?.ok_or(ApiError::NotFound)?;
             user_wallet_id(user_id)
         }
-        (None, Some(_team_id)) => return Err(ApiError::NotFound),
+        (None, Some(team_id)) => {
+            if !body.kind.is_paid() {
+                return Err(crate::teams::TeamError::PromoToTeam.into());
+            }
+            app.teams.deposit_target(team_id).await?
+        }
         _ => {
             return Err(ApiError::Invalid(
                 "invalid_target",
@@ -132,4 +137,10 @@ pub async fn user(
 ) -> Result<Json<Value>, ApiError> {
     let user = app.store.user(&user_id).await?.ok_or(ApiError::NotFound)?;
     Ok(Json(super::users::account_view(&app, &user).await?))
+}
+
+/// I3: every message the mailer was given, delivered or not.
+pub async fn outbox(State(app): State<Arc<App>>, _op: Operator) -> Result<Json<Value>, ApiError> {
+    let messages = app.store.outbox().await?;
+    Ok(Json(serde_json::to_value(messages).unwrap_or(Value::Null)))
 }

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use crate::accounts::AccountError;
 use crate::money::AmountError;
 use crate::store::StoreError;
+use crate::teams::TeamError;
 use crate::wallet::WalletError;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,8 @@ pub enum ApiError {
     Wallet(#[from] WalletError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Team(#[from] TeamError),
 }
 
 impl ApiError {
@@ -69,7 +72,32 @@ impl ApiError {
                 WalletError::Overflow => (S::UNPROCESSABLE_ENTITY, "invalid_amount"),
             },
             ApiError::Store(e) => store_parts(e),
+            ApiError::Team(e) => match e {
+                TeamError::NotFound => (S::NOT_FOUND, "not_found"),
+                TeamError::Forbidden(_) => (S::FORBIDDEN, "forbidden"),
+                TeamError::TeamLimit => (S::CONFLICT, "team_limit"),
+                TeamError::InvalidName => (S::UNPROCESSABLE_ENTITY, "invalid_name"),
+                TeamError::InvalidRole => (S::UNPROCESSABLE_ENTITY, "invalid_role"),
+                TeamError::InvalidEmail => (S::UNPROCESSABLE_ENTITY, "invalid_email"),
+                TeamError::AlreadyMember => (S::CONFLICT, "already_member"),
+                TeamError::OwnerCannotLeave => (S::CONFLICT, "owner_cannot_leave"),
+                TeamError::InviteGone => (S::GONE, "invite_gone"),
+                TeamError::WrongInvitee => (S::FORBIDDEN, "wrong_invitee"),
+                TeamError::InvalidMember => (S::UNPROCESSABLE_ENTITY, "invalid_member"),
+                TeamError::PromoToTeam => (S::UNPROCESSABLE_ENTITY, "invalid_kind"),
+                TeamError::Account(e) => ApiError::account_parts(e),
+                TeamError::Wallet(e) => ApiError::wallet_parts(e),
+                TeamError::Store(e) => store_parts(e),
+            },
         }
+    }
+
+    fn account_parts(e: &AccountError) -> (StatusCode, &'static str) {
+        ApiError::Account(e.clone()).parts()
+    }
+
+    fn wallet_parts(e: &WalletError) -> (StatusCode, &'static str) {
+        ApiError::Wallet(*e).parts()
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod teams;
 pub mod users;
 
 use std::sync::Arc;
@@ -36,6 +37,36 @@ pub fn router() -> Router<Arc<App>> {
         .route("/api/admin/deposits", post(admin::deposit))
         .route("/api/admin/reconcile", get(admin::reconcile))
         .route("/api/admin/users/{user_id}", get(admin::user))
+        .route("/api/admin/outbox", get(admin::outbox))
+        .route("/api/teams", post(teams::create))
+        .route(
+            "/api/teams/{team_id}",
+            get(teams::get).delete(teams::delete),
+        )
+        .route("/api/teams/{team_id}/members", get(teams::members))
+        .route(
+            "/api/teams/{team_id}/members/{user_id}",
+            axum::routing::patch(teams::change_role).delete(teams::remove_member),
+        )
+        .route(
+            "/api/teams/{team_id}/invites",
+            post(teams::invite).get(teams::invites),
+        )
+        .route(
+            "/api/teams/{team_id}/invites/{invite_id}",
+            delete(teams::revoke),
+        )
+        .route("/api/invites/{token}/accept", post(teams::accept))
+        .route("/api/teams/{team_id}/ledger", get(teams::ledger))
+        .route("/api/teams/{team_id}/events", get(teams::events))
+        .route(
+            "/api/teams/{team_id}/keys",
+            post(teams::create_key).get(teams::keys),
+        )
+        .route(
+            "/api/teams/{team_id}/keys/{key_id}",
+            delete(teams::delete_key),
+        )
 }
 
 /// A JSON body: 400 when it is not JSON, 422 when it is JSON of the wrong

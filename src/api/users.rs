@@ -55,13 +55,25 @@ pub async fn me(
 pub async fn account_view(app: &App, user: &UserRecord) -> Result<Value, ApiError> {
     let wallet = app.wallets.get(&user_wallet_id(&user.id)).await?;
     let view = wallet.snapshot().await?;
+    let owned = app.store.owned_team(&user.id).await?;
+    let mut teams = Vec::new();
+    for m in app.store.memberships(&user.id).await? {
+        if let Some(t) = app
+            .store
+            .team(&m.team_id)
+            .await?
+            .filter(|t| t.deleted_at.is_none())
+        {
+            teams.push(json!({"id": t.id, "name": t.name, "role": m.role}));
+        }
+    }
     Ok(json!({
         "id": user.id,
         "email": user.email,
         "balance": {"paid": view.paid, "promo": view.promo},
         "suspended": view.suspended,
-        "owned_team_id": null,
-        "teams": [],
+        "owned_team_id": owned.map(|t| t.id),
+        "teams": teams,
     }))
 }
 

@@ -14,12 +14,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::ledger::{Ledger, WalletError};
+use crate::clock::Clock;
 use crate::money::Nanos;
-use crate::store::{Applied, EntryKind, LedgerEntry, Part, Store, UsageFacts, WalletBatch};
+use crate::store::{
+    Applied, EntryKind, EventRecord, LedgerEntry, Part, Store, UsageFacts, WalletBalance,
+    WalletBatch,
+};
 
 /// What the hot path reads without messaging the actor (B2).
 #[derive(Debug, Default)]
@@ -56,6 +59,15 @@ pub struct Credited {
     pub applied_now: bool,
 }
 
+/// How much a transfer out takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithdrawRule {
+    /// T3, I5: the positive paid balance net of outstanding holds.
+    MovablePaid,
+    /// D1: everything left (the wallet is closed, no holds remain).
+    Everything,
+}
+
 pub enum WalletMsg {
     Hold {
         request_id: u64,
@@ -77,6 +89,25 @@ pub enum WalletMsg {
         entry: Box<LedgerEntry>,
         reply_to: RpcReplyPort<Result<Credited, WalletError>>,
     },
+    /// A transfer out under `entry_id`: taken from memory at once (so no
+    /// hold can spend it), durable before the reply. A retry with the same
+    /// id answers the amount first taken.
+    Withdraw {
+        entry_id: String,
+        rule: WithdrawRule,
+        reference: String,
+        reply_to: RpcReplyPort<Result<Nanos, WalletError>>,
+    },
+    WithdrawDone {
+        entry: Box<LedgerEntry>,
+        /// The amount the store holds for this entry id, or an error.
+        result: Result<(Applied, Nanos), ()>,
+        reply_to: RpcReplyPort<Result<Nanos, WalletError>>,
+    },
+    /// D1: refuse new holds; answer once every outstanding hold settled.
+    Close {
+        reply_to: RpcReplyPort<()>,
+    },
     Snapshot {
         reply_to: RpcReplyPort<WalletView>,
     },
@@ -88,7 +119,14 @@ pub enum WalletMsg {
     Flush,
     FlushDone {
         batch: WalletBatch,
-        ok: bool,
+        /// The stored balance after the batch, or `None` if it failed.
+        stored: Option<WalletBalance>,
+    },
+    /// Another instance changed the stored balance: re-read it.
+    Resync,
+    ResyncDone {
+        stored: WalletBalance,
+        seq: u64,
     },
     CreditDone {
         entry: Box<LedgerEntry>,
@@ -107,6 +145,7 @@ pub struct WalletArgs {
     pub max_flush_failure: Duration,
     /// Unique per process: makes entry and batch ids unique across restarts.
     pub nonce: u64,
+    pub clock: Arc<dyn Clock>,
 }
 
 pub struct WalletState {
@@ -122,6 +161,13 @@ pub struct WalletState {
     failing_since: Option<Instant>,
     batch_seq: u64,
     waiters: Vec<RpcReplyPort<Result<(), WalletError>>>,
+    closed: bool,
+    close_waiters: Vec<RpcReplyPort<()>>,
+    /// Credits and withdrawals on their way to the store.
+    money_inflight: u32,
+    /// Bumped by every local change; a store read taken at another seq
+    /// may miss it and is not adopted.
+    seq: u64,
 }
 
 impl WalletState {
@@ -141,6 +187,52 @@ impl WalletState {
         if before != now {
             crate::metrics::wallet_suspension(now);
             tracing::info!(wallet = %self.args.wallet_id, suspended = now, "wallet suspension changed");
+            if let Some(team_id) = self.args.wallet_id.strip_prefix("team:") {
+                // B2, B3: the team's event log; written off the mailbox.
+                let event = EventRecord {
+                    id: crate::ids::new_id("evt"),
+                    team_id: team_id.to_string(),
+                    kind: if now {
+                        "team.suspended"
+                    } else {
+                        "team.resumed"
+                    }
+                    .into(),
+                    at: self.args.clock.now(),
+                    data: serde_json::json!({"balance": self.ledger.balance()}),
+                };
+                let store = self.args.store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.append_event(&event).await {
+                        tracing::warn!(error = %e, "team event not recorded");
+                    }
+                });
+            }
+        }
+    }
+
+    /// With several instances on one store, each actor's balance drifts by
+    /// the others' spend; adopt the stored balance whenever nothing local
+    /// is unpersisted (so the stored figure is the whole truth).
+    fn adopt(&mut self, stored: WalletBalance, seq: u64) -> bool {
+        let quiet = !self.inflight
+            && self.pending.is_empty()
+            && self.retry.is_none()
+            && self.money_inflight == 0
+            && self.seq == seq;
+        if quiet {
+            self.ledger.paid = stored.paid;
+            self.ledger.promo = stored.promo;
+            self.publish();
+        }
+        quiet
+    }
+
+    fn answer_close_waiters(&mut self) {
+        if self.closed && self.holds.is_empty() {
+            for w in self.close_waiters.drain(..) {
+                let _ = w.send(());
+            }
         }
     }
 
@@ -178,14 +270,14 @@ impl WalletState {
         let store = self.args.store.clone();
         let me = myself.clone();
         tokio::spawn(async move {
-            let ok = match store.apply(&batch).await {
-                Ok(_) => true,
+            let stored = match store.apply(&batch).await {
+                Ok((_, after)) => Some(after),
                 Err(e) => {
                     tracing::warn!(wallet = %batch.wallet_id, error = %e, "wallet flush failed; will retry");
-                    false
+                    None
                 }
             };
-            let _ = me.cast(WalletMsg::FlushDone { batch, ok });
+            let _ = me.cast(WalletMsg::FlushDone { batch, stored });
         });
     }
 
@@ -221,6 +313,10 @@ impl Actor for WalletActor {
             failing_since: None,
             batch_seq: 0,
             waiters: Vec::new(),
+            closed: false,
+            close_waiters: Vec::new(),
+            money_inflight: 0,
+            seq: 0,
         };
         state
             .args
@@ -242,7 +338,9 @@ impl Actor for WalletActor {
                 amount,
                 reply_to,
             } => {
-                let result = if state.flush_overdue() {
+                let result = if state.closed {
+                    Err(WalletError::Closed)
+                } else if state.flush_overdue() {
                     Err(WalletError::Unavailable)
                 } else {
                     state.ledger.hold(amount)
@@ -260,26 +358,117 @@ impl Actor for WalletActor {
             } => {
                 let held = state.holds.remove(&request_id).unwrap_or(Nanos::ZERO);
                 let debit = state.ledger.settle(held, cost);
+                state.seq += 1;
                 state.pending.push(LedgerEntry {
                     id: format!("stl:{:016x}:{request_id}", state.args.nonce),
                     wallet_id: state.args.wallet_id.to_string(),
                     kind: EntryKind::Settlement,
                     paid: Nanos::ZERO - debit.paid,
                     promo: Nanos::ZERO - debit.promo,
-                    at: Utc::now(),
+                    at: state.args.clock.now(),
                     reference,
                     usage: Some(*facts),
                 });
                 state.publish();
                 let interval = state.args.flush_interval;
                 state.schedule_flush(&myself, interval);
+                state.answer_close_waiters();
             }
             WalletMsg::Release { request_id } => {
                 if let Some(held) = state.holds.remove(&request_id) {
                     state.ledger.release(held);
                 }
+                state.answer_close_waiters();
+            }
+            WalletMsg::Close { reply_to } => {
+                state.closed = true;
+                state.close_waiters.push(reply_to);
+                state.answer_close_waiters();
+            }
+            WalletMsg::Withdraw {
+                entry_id,
+                rule,
+                reference,
+                reply_to,
+            } => {
+                let (paid, promo) = match rule {
+                    WithdrawRule::MovablePaid => (state.ledger.movable_paid(), Nanos::ZERO),
+                    WithdrawRule::Everything => (state.ledger.paid, state.ledger.promo),
+                };
+                // Taken now: holds admitted from here on cannot spend it.
+                state.money_inflight += 1;
+                state.seq += 1;
+                state.ledger.paid -= paid;
+                state.ledger.promo -= promo;
+                state.publish();
+                let entry = Box::new(LedgerEntry {
+                    id: entry_id,
+                    wallet_id: state.args.wallet_id.to_string(),
+                    kind: EntryKind::TransferOut,
+                    paid: Nanos::ZERO - paid,
+                    promo: Nanos::ZERO - promo,
+                    at: state.args.clock.now(),
+                    reference,
+                    usage: None,
+                });
+                let store = state.args.store.clone();
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    let batch = WalletBatch {
+                        batch_id: entry.id.clone(),
+                        wallet_id: entry.wallet_id.clone(),
+                        entries: vec![(*entry).clone()],
+                    };
+                    let result = match store.apply(&batch).await {
+                        Ok((Applied::Now, _)) => Ok((Applied::Now, Nanos::ZERO - entry.amount())),
+                        Ok((Applied::Before, _)) => {
+                            match store.ledger_entry(&entry.wallet_id, &entry.id).await {
+                                Ok(Some(first)) => {
+                                    Ok((Applied::Before, Nanos::ZERO - first.amount()))
+                                }
+                                _ => Err(()),
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(wallet = %entry.wallet_id, error = %e, "transfer out not persisted");
+                            Err(())
+                        }
+                    };
+                    let _ = me.cast(WalletMsg::WithdrawDone {
+                        entry,
+                        result,
+                        reply_to,
+                    });
+                });
+            }
+            WalletMsg::WithdrawDone {
+                entry,
+                result,
+                reply_to,
+            } => {
+                state.money_inflight -= 1;
+                state.seq += 1;
+                let answer = match result {
+                    Ok((Applied::Now, amount)) => Ok(amount),
+                    Ok((Applied::Before, amount)) => {
+                        // Applied by an earlier run: the balance loaded from
+                        // the store has it already. Give back what we took.
+                        state.ledger.paid -= entry.paid;
+                        state.ledger.promo -= entry.promo;
+                        Ok(amount)
+                    }
+                    Err(()) => {
+                        state.ledger.paid -= entry.paid;
+                        state.ledger.promo -= entry.promo;
+                        Err(WalletError::Unavailable)
+                    }
+                };
+                state.publish();
+                let _ = reply_to.send(answer);
             }
             WalletMsg::Credit { entry, reply_to } => {
+                state.money_inflight += 1;
+                state.seq += 1;
                 let store = state.args.store.clone();
                 let me = myself.clone();
                 tokio::spawn(async move {
@@ -303,6 +492,8 @@ impl Actor for WalletActor {
                 result,
                 reply_to,
             } => {
+                state.money_inflight -= 1;
+                state.seq += 1;
                 let answer = match result {
                     Ok(Applied::Now) => {
                         let applied = state
@@ -323,6 +514,23 @@ impl Actor for WalletActor {
                 };
                 let _ = reply_to.send(answer);
             }
+            WalletMsg::Resync => {
+                let store = state.args.store.clone();
+                let id = state.args.wallet_id.clone();
+                let (me, seq) = (myself.clone(), state.seq);
+                tokio::spawn(async move {
+                    if let Ok(stored) = store.wallet(&id).await {
+                        let _ = me.cast(WalletMsg::ResyncDone { stored, seq });
+                    }
+                });
+            }
+            WalletMsg::ResyncDone { stored, seq } => {
+                if !state.adopt(stored, seq) {
+                    // Busy: the next flush's answer carries the stored balance.
+                    let interval = state.args.flush_interval;
+                    myself.send_after(interval * 5, || WalletMsg::Resync);
+                }
+            }
             WalletMsg::Snapshot { reply_to } => {
                 let _ = reply_to.send(state.view());
             }
@@ -335,10 +543,12 @@ impl Actor for WalletActor {
                 state.flush_scheduled = false;
                 state.start_flush(&myself);
             }
-            WalletMsg::FlushDone { batch, ok } => {
+            WalletMsg::FlushDone { batch, stored } => {
                 state.inflight = false;
-                if ok {
+                if let Some(stored) = stored {
                     state.failing_since = None;
+                    let seq = state.seq;
+                    state.adopt(stored, seq);
                     state.answer_waiters_if_flushed();
                     if !state.pending.is_empty() {
                         let interval = state.args.flush_interval;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
 
-pub use actor::{Credited, WalletShared, WalletView};
+pub use actor::{Credited, WalletShared, WalletView, WithdrawRule};
 pub use ledger::WalletError;
 pub use registry::WalletRegistry;
 
@@ -81,6 +81,43 @@ impl WalletHandle {
             .call(|reply_to| WalletMsg::Credit { entry, reply_to }, None)
             .await;
         answer(r)?
+    }
+
+    /// A transfer out under `entry_id` (idempotent: a retry answers the
+    /// amount first taken).
+    pub async fn withdraw(
+        &self,
+        entry_id: String,
+        rule: WithdrawRule,
+        reference: String,
+    ) -> Result<Nanos, WalletError> {
+        let r = self
+            .actor
+            .call(
+                |reply_to| WalletMsg::Withdraw {
+                    entry_id,
+                    rule,
+                    reference,
+                    reply_to,
+                },
+                None,
+            )
+            .await;
+        answer(r)?
+    }
+
+    /// Re-read the stored balance (another instance changed it).
+    pub fn resync(&self) {
+        let _ = self.actor.cast(WalletMsg::Resync);
+    }
+
+    /// D1: refuse new holds, wait until every outstanding one settled.
+    pub async fn close(&self, wait: std::time::Duration) -> Result<(), WalletError> {
+        answer(
+            self.actor
+                .call(|reply_to| WalletMsg::Close { reply_to }, Some(wait))
+                .await,
+        )
     }
 
     pub async fn snapshot(&self) -> Result<WalletView, WalletError> {

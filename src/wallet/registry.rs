@@ -16,6 +16,7 @@ use tokio::sync::OnceCell;
 use super::actor::{WalletActor, WalletArgs, WalletShared};
 use super::ledger::{Ledger, WalletError};
 use super::WalletHandle;
+use crate::clock::Clock;
 use crate::money::Nanos;
 use crate::store::Store;
 
@@ -25,6 +26,7 @@ pub struct WalletRegistry {
     threshold: Nanos,
     flush_interval: Duration,
     nonce: u64,
+    clock: Arc<dyn Clock>,
 }
 
 impl WalletRegistry {
@@ -33,6 +35,7 @@ impl WalletRegistry {
         threshold: Nanos,
         flush_interval: Duration,
         nonce: u64,
+        clock: Arc<dyn Clock>,
     ) -> WalletRegistry {
         WalletRegistry {
             wallets: DashMap::new(),
@@ -40,6 +43,7 @@ impl WalletRegistry {
             threshold,
             flush_interval,
             nonce,
+            clock,
         }
     }
 
@@ -77,12 +81,21 @@ impl WalletRegistry {
             flush_interval: self.flush_interval,
             max_flush_failure: Duration::from_secs(5),
             nonce: self.nonce,
+            clock: self.clock.clone(),
         };
         let (actor, _join) = Actor::spawn(None, WalletActor, args).await.map_err(|e| {
             tracing::error!(wallet = wallet_id, error = %e, "cannot start wallet actor");
             WalletError::Unavailable
         })?;
         Ok(WalletHandle { id, actor, shared })
+    }
+
+    /// Another instance changed this wallet's stored balance: the running
+    /// actor (if any) re-reads it.
+    pub fn resync(&self, wallet_id: &str) {
+        if let Some(w) = self.wallets.get(wallet_id).and_then(|c| c.get().cloned()) {
+            w.resync();
+        }
     }
 
     /// Every running wallet.
