@@ -9,6 +9,7 @@ use std::time::Duration;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+use tollgate::clock::ShiftedClock;
 use tollgate::config::{Config, Secret};
 use tollgate::mock_upstream::MockUpstream;
 use tollgate::pricing::Pricing;
@@ -47,6 +48,8 @@ pub fn test_config(upstream_url: &str) -> Config {
 
 pub struct Gateway {
     pub running: Running,
+    /// The gateway's clock; tests move it by hand.
+    pub clock: Arc<ShiftedClock>,
     pub mock: Mock,
     pub http: reqwest::Client,
     pub url: String,
@@ -63,12 +66,14 @@ pub async fn spawn_gateway_with(tweak: impl FnOnce(&mut Config)) -> Gateway {
     tweak(&mut config);
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let pricing = Pricing::parse(PRICING, "config/pricing.toml").unwrap();
-    let running = tollgate::start(config, store.clone(), pricing)
+    let clock = Arc::new(ShiftedClock::default());
+    let running = tollgate::server::start_with_clock(config, store.clone(), pricing, clock.clone())
         .await
         .unwrap();
     let url = running.url();
     Gateway {
         running,
+        clock,
         mock,
         http: reqwest::Client::new(),
         url,
@@ -94,6 +99,14 @@ impl Gateway {
 
     pub async fn get(&self, path: &str, bearer: Option<&str>) -> Response {
         let mut r = self.http.get(format!("{}{path}", self.url));
+        if let Some(b) = bearer {
+            r = r.bearer_auth(b);
+        }
+        r.send().await.unwrap()
+    }
+
+    pub async fn patch(&self, path: &str, bearer: Option<&str>, body: &Value) -> Response {
+        let mut r = self.http.patch(format!("{}{path}", self.url)).json(body);
         if let Some(b) = bearer {
             r = r.bearer_auth(b);
         }
@@ -255,4 +268,93 @@ pub fn nanos(s: &str) -> i64 {
     tollgate::money::parse_amount(s, tollgate::money::AmountRules::ANY)
         .unwrap()
         .0
+}
+
+impl Gateway {
+    /// Create a team owned by `owner`; returns its id.
+    pub async fn team(&self, owner: &User, name: &str) -> String {
+        let r = self
+            .post("/api/teams", Some(&owner.token), &json!({"name": name}))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Invite `email` as `role`; returns the token from the accept link.
+    pub async fn invite(&self, team: &str, by: &User, email: &str, role: &str) -> String {
+        let r = self
+            .post(
+                &format!("/api/teams/{team}/invites"),
+                Some(&by.token),
+                &json!({"email": email, "role": role}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+        let v: Value = r.json().await.unwrap();
+        v["accept_url"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn accept(&self, user: &User, token: &str) -> Response {
+        self.post(
+            &format!("/api/invites/{token}/accept"),
+            Some(&user.token),
+            &json!({}),
+        )
+        .await
+    }
+
+    /// Invite and accept: `user` joins `team` as `role`.
+    pub async fn join(&self, team: &str, by: &User, user: &User, role: &str) {
+        let token = self.invite(team, by, &user.email, role).await;
+        let r = self.accept(user, &token).await;
+        assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
+    }
+
+    pub async fn team_key(&self, team: &str, by: &User, member: Option<&str>) -> (String, String) {
+        let mut body = json!({"name": "team key"});
+        if let Some(m) = member {
+            body["member_id"] = json!(m);
+        }
+        let r = self
+            .post(&format!("/api/teams/{team}/keys"), Some(&by.token), &body)
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+        let v: Value = r.json().await.unwrap();
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["key"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// The team's balance as its owner sees it.
+    pub async fn team_balance(&self, team: &str, owner: &User) -> String {
+        let v: Value = self
+            .get(&format!("/api/teams/{team}"), Some(&owner.token))
+            .await
+            .json()
+            .await
+            .unwrap();
+        v["balance"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no balance in {v}"))
+            .to_string()
+    }
+
+    pub async fn team_deposit(&self, team: &str, amount: &str) -> Response {
+        let idem = tollgate::ids::new_id("idem");
+        self.deposit_raw(
+            &idem,
+            &json!({"team_id": team, "amount": amount, "kind": "stripe"}),
+        )
+        .await
+    }
 }
