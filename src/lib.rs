@@ -20,7 +20,8 @@
 //!   money moves between wallets; `mailer` delivers the invite emails.
 //! - `store`: the `Store` trait, the memory store.
 //! - `api`: the management API; `api::error` is the one error -> HTTP table.
-//! - `money`, `ids`, `config`, `metrics`: the shared vocabulary.
+//! - `usage`: 30-day reports from the day buckets (pure aggregation).
+//! - `money`, `ids`, `clock`, `config`, `metrics`: the shared vocabulary.
 //! - `mock_upstream`: a fake OpenAI upstream for the demo, tests and benches.
 
 pub mod accounts;
@@ -40,6 +41,7 @@ pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod teams;
+pub mod usage;
 pub mod wallet;
 
 use std::sync::Arc;
@@ -155,6 +157,20 @@ impl App {
         }
         let mailer = self.teams.mailer().clone();
         tokio::spawn(mailer.retry_loop(std::time::Duration::from_secs(5)));
+        // Usage buckets older than 90 days go, now and daily.
+        let app = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(a) = app.upgrade() else { break };
+                let before = a.clock.now().date_naive()
+                    - chrono::Duration::days(i64::from(usage::MAX_DAYS));
+                if let Err(e) = a.store.prune_usage(before).await {
+                    tracing::warn!(error = %e, "usage pruning failed");
+                }
+                drop(a);
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            }
+        });
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod error;
 pub mod teams;
+pub mod usage;
 pub mod users;
 
 use std::sync::Arc;
@@ -34,6 +35,10 @@ pub fn router() -> Router<Arc<App>> {
         .route("/api/me", get(users::me))
         .route("/api/keys", post(users::create_key).get(users::list_keys))
         .route("/api/keys/{key_id}", delete(users::delete_key))
+        .route("/api/keys/{key_id}/usage", get(usage::key))
+        .route("/api/me/usage", get(usage::me))
+        .route("/api/teams/{team_id}/usage", get(usage::team))
+        .route("/api/teams/{team_id}/usage/me", get(usage::team_me))
         .route("/api/admin/deposits", post(admin::deposit))
         .route("/api/admin/reconcile", get(admin::reconcile))
         .route("/api/admin/users/{user_id}", get(admin::user))
