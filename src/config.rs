@@ -367,6 +367,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_file_loads_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tollgate.toml");
+        let c = Config::load(Some(&path), &env(&[])).unwrap();
+        let d = Config::default();
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.suspend_threshold, d.suspend_threshold);
+        assert_eq!(c.flush_interval, d.flush_interval);
+        assert_eq!(c.team_close_wait, d.team_close_wait);
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let c = Config::load(None, &env(&[("TOLLGATE_OPERATOR_TOKEN", "hunter2")])).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
