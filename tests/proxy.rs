@@ -1,6 +1,9 @@
 //! The proxy end to end through real sockets: gateway on port 0, the mock
 //! upstream on port 0 (P1-P6, B1, B2, B3, B5, B6, K4, K5, U4).
 
+// Tests may panic on unexpected errors: that is how they fail.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;

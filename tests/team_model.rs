@@ -3,6 +3,9 @@
 //! and proxied requests. After every step, conservation (B8) is exact,
 //! every balance equals the model's, and every key's status is the model's.
 
+// Tests may panic on unexpected errors: that is how they fail.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

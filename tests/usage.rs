@@ -2,6 +2,9 @@
 //! made, to the token and the nano-dollar; buckets roll at UTC midnight;
 //! visibility follows the role table.
 
+// Tests may panic on unexpected errors: that is how they fail.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;

@@ -36,14 +36,15 @@ pub async fn spawn_mock() -> Mock {
 
 /// A config for tests: ephemeral ports, the mock upstream, an operator.
 pub fn test_config(upstream_url: &str) -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.metrics_listen = "127.0.0.1:0".parse().unwrap();
-    c.upstream_url = upstream_url.to_string();
-    c.upstream_api_key = Some(Secret(UPSTREAM_KEY.into()));
-    c.operator_token = Some(Secret(OPERATOR.into()));
-    c.flush_interval = Duration::from_millis(2);
-    c
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        upstream_url: upstream_url.to_string(),
+        upstream_api_key: Some(Secret(UPSTREAM_KEY.into())),
+        operator_token: Some(Secret(OPERATOR.into())),
+        flush_interval: Duration::from_millis(2),
+        ..Config::default()
+    }
 }
 
 pub struct Gateway {
