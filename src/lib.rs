@@ -18,7 +18,8 @@
 //!   role table as pure functions.
 //! - `teams`: the team lifecycle (create, invite, join, leave, delete) and
 //!   money moves between wallets; `mailer` delivers the invite emails.
-//! - `store`: the `Store` trait, the memory store.
+//! - `store`: the `Store` trait; the memory store and the Redis store,
+//!   held to one contract suite.
 //! - `api`: the management API; `api::error` is the one error -> HTTP table.
 //! - `usage`: 30-day reports from the day buckets (pure aggregation).
 //! - `money`, `ids`, `clock`, `config`, `metrics`: the shared vocabulary.
@@ -117,8 +118,8 @@ impl App {
             ),
             wallets,
             keys,
+            accounts: Accounts::new(store.clone(), clock.clone(), config.session_ttl),
             clock,
-            accounts: Accounts::new(store.clone(), config.session_ttl),
             upstream: Upstream::new(
                 config.upstream_api_key.as_ref().map(|s| s.0.as_str()),
                 config.upstream_connect_timeout,

@@ -6,6 +6,8 @@ use std::time::Duration;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use chrono::{DateTime, Utc};
+
+use crate::clock::Clock;
 use rand::rngs::OsRng;
 
 use crate::auth::{mint_key, KeyCache, NewKey};
@@ -42,6 +44,7 @@ const MAX_PASSWORD: usize = 1024;
 
 pub struct Accounts {
     store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
     session_ttl: Duration,
     /// Verified against when an email is unknown, so a wrong email costs
     /// the same time as a wrong password (no account enumeration).
@@ -52,10 +55,11 @@ pub struct Accounts {
 pub type KeyView = KeyRecord;
 
 impl Accounts {
-    pub fn new(store: Arc<dyn Store>, session_ttl: Duration) -> Accounts {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, session_ttl: Duration) -> Accounts {
         let dummy_hash = hash_password("not-a-real-password").unwrap_or_default();
         Accounts {
             store,
+            clock,
             session_ttl,
             dummy_hash,
         }
@@ -84,7 +88,7 @@ impl Accounts {
             email: email.to_string(),
             email_norm,
             password_hash,
-            created_at: Utc::now(),
+            created_at: self.clock.now(),
         };
         match self.store.create_user(&user).await {
             Ok(()) => Ok(user),
@@ -119,7 +123,7 @@ impl Accounts {
             _ => return Err(AccountError::BadCredentials),
         };
         let token = ids::new_secret("tgs_");
-        let expires_at = Utc::now()
+        let expires_at = self.clock.now()
             + chrono::Duration::from_std(self.session_ttl).unwrap_or(chrono::Duration::days(7));
         self.store
             .put_session(&SessionRecord {
@@ -138,7 +142,7 @@ impl Accounts {
             .session(&ids::sha256_hex(token.as_bytes()))
             .await?
             .ok_or(AccountError::Unauthenticated)?;
-        if session.expires_at <= Utc::now() {
+        if session.expires_at <= self.clock.now() {
             return Err(AccountError::Unauthenticated);
         }
         self.store
@@ -171,7 +175,7 @@ impl Accounts {
             member_id: user.id.clone(),
             wallet_id: user_wallet_id(&user.id),
             status: KeyStatus::Active,
-            created_at: Utc::now(),
+            created_at: self.clock.now(),
             last_used_at: None,
         };
         self.store.put_key(&record).await?;

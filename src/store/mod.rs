@@ -8,6 +8,7 @@
 //! and a deposit, or two gateway instances) cannot overwrite each other.
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};

@@ -25,10 +25,12 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
-/// `$REDIS_SERVER`, else `redis-server` on the PATH, else the Debian path.
+/// `$REDIS_SERVER` (if it names a file), else `redis-server` on the PATH,
+/// else the Debian path.
 pub fn binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("REDIS_SERVER") {
-        return Some(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
     }
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -46,7 +48,10 @@ impl RedisServer {
     /// no redis-server to start.
     pub fn start(test: &str) -> Option<RedisServer> {
         let Some(binary) = binary() else {
-            eprintln!(
+            // Straight to stderr: `eprintln!` is captured, and hidden, for
+            // tests that pass.
+            let _ = writeln!(
+                std::io::stderr().lock(),
                 "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
                  !!! SKIPPED (Redis half): {test}: no redis-server binary found\n\
                  !!! (set REDIS_SERVER or install redis-server; CI installs it)\n\
@@ -87,6 +92,26 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGSTOP: the server keeps its connections open but answers nothing,
+    /// like a hung host. `resume` continues it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis is running").id();
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} failed");
     }
 
     /// Start again on the same port and data directory (replays the AOF).
@@ -141,7 +166,10 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.kill();
-        Err(format!("redis-server on {} not ready within {READY_WITHIN:?}", self.port))
+        Err(format!(
+            "redis-server on {} not ready within {READY_WITHIN:?}",
+            self.port
+        ))
     }
 }
 
