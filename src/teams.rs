@@ -762,10 +762,7 @@ impl Teams {
     }
 
     async fn key_changed(&self, hash: &str) {
-        self.keys.invalidate(hash);
-        if let Err(e) = self.store.publish(&Change::Key(hash.to_string())).await {
-            tracing::warn!(error = %e, "key change not published to other instances");
-        }
+        self.keys.changed(&*self.store, hash).await;
     }
 
     async fn event(&self, team_id: &str, kind: &str, data: serde_json::Value) {

@@ -179,7 +179,7 @@ impl Accounts {
             last_used_at: None,
         };
         self.store.put_key(&record).await?;
-        cache.invalidate(&record.hash);
+        cache.changed(&*self.store, &record.hash).await;
         Ok((record, minted))
     }
 
@@ -207,7 +207,7 @@ impl Accounts {
         self.store
             .set_key_status(&key.id, KeyStatus::Deleted)
             .await?;
-        cache.invalidate(&key.hash);
+        cache.changed(&*self.store, &key.hash).await;
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use super::{parse_json, ApiError, Body, Operator};
 use crate::billing::{self, DepositKind};
 use crate::ids::sha256_hex;
 use crate::money::{parse_amount, AmountRules};
-use crate::store::IdempotencyRecord;
+use crate::store::{Change, IdempotencyRecord};
 use crate::wallet::user_wallet_id;
 use crate::App;
 
@@ -100,6 +100,10 @@ pub async fn deposit(
     };
     let wallet = app.wallets.get(&wallet_id).await?;
     let credited = billing::deposit(&wallet, amount, body.kind, &reference, &scope_key).await?;
+    // Other instances running this wallet re-read it (B3 across instances).
+    if let Err(e) = app.store.publish(&Change::Wallet(wallet_id.clone())).await {
+        tracing::warn!(error = %e, "deposit not announced to other instances");
+    }
     let response = json!({
         "id": format!("dep:{}", sha256_hex(scope_key.as_bytes())),
         "wallet": wallet_id,

@@ -137,6 +137,18 @@ impl KeyCache {
         }
     }
 
+    /// A key's record changed in the store: forget it here, and tell the
+    /// other instances (K5 across instances, through the store's pub/sub).
+    pub async fn changed(&self, store: &dyn Store, hash_hex: &str) {
+        self.invalidate(hash_hex);
+        if let Err(e) = store
+            .publish(&crate::store::Change::Key(hash_hex.to_string()))
+            .await
+        {
+            tracing::warn!(error = %e, "key change not published to other instances");
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.hits.len()
     }

@@ -52,9 +52,30 @@ pub struct Gateway {
     /// The gateway's clock; tests move it by hand.
     pub clock: Arc<ShiftedClock>,
     pub mock: Mock,
+    pub api: Api,
+    pub store: Arc<dyn Store>,
+}
+
+/// The HTTP helpers, for a gateway in this process or in another one.
+pub struct Api {
     pub http: reqwest::Client,
     pub url: String,
-    pub store: Arc<dyn Store>,
+}
+
+impl Api {
+    pub fn new(url: &str) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            url: url.to_string(),
+        }
+    }
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 pub async fn spawn_gateway() -> Gateway {
@@ -76,8 +97,7 @@ pub async fn spawn_gateway_with(tweak: impl FnOnce(&mut Config)) -> Gateway {
         running,
         clock,
         mock,
-        http: reqwest::Client::new(),
-        url,
+        api: Api::new(&url),
         store,
     }
 }
@@ -89,7 +109,7 @@ pub struct User {
     pub token: String,
 }
 
-impl Gateway {
+impl Api {
     pub async fn post(&self, path: &str, bearer: Option<&str>, body: &Value) -> Response {
         let mut r = self.http.post(format!("{}{path}", self.url)).json(body);
         if let Some(b) = bearer {
@@ -149,6 +169,33 @@ impl Gateway {
             .to_string();
         User {
             id,
+            email: email.to_string(),
+            token,
+        }
+    }
+
+    /// A fresh session for an existing user.
+    pub async fn log_in(&self, email: &str) -> User {
+        let r = self
+            .post(
+                "/api/sessions",
+                None,
+                &json!({"email": email, "password": "password123"}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let token = r.json::<Value>().await.unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let me: Value = self
+            .get("/api/me", Some(&token))
+            .await
+            .json()
+            .await
+            .unwrap();
+        User {
+            id: me["id"].as_str().unwrap().to_string(),
             email: email.to_string(),
             token,
         }
@@ -271,7 +318,7 @@ pub fn nanos(s: &str) -> i64 {
         .0
 }
 
-impl Gateway {
+impl Api {
     /// Create a team owned by `owner`; returns its id.
     pub async fn team(&self, owner: &User, name: &str) -> String {
         let r = self

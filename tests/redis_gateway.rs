@@ -1,0 +1,459 @@
+//! The gateway as a real process on a private Redis (AOF, fsync always):
+//! SIGTERM and restart, kill -9 under load, Redis killed under load, two
+//! instances on one Redis. Each test starts its own redis-server on a free
+//! port in a temp dir and skips loudly where no redis-server exists.
+
+// Tests may panic on unexpected errors: that is how they fail.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+#[path = "common/redis.rs"]
+mod redis_harness;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use redis_harness::RedisServer;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// Settlements are flushed every this many milliseconds.
+const FLUSH_MS: u64 = 10;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `tollgate serve` as a child process, restartable on the same ports.
+struct Gw {
+    child: Option<Child>,
+    port: u16,
+    env: Vec<(String, String)>,
+    api: Api,
+}
+
+impl Gw {
+    async fn start(redis: &RedisServer, upstream: &str) -> Gw {
+        let port = free_port();
+        let env = vec![
+            ("TOLLGATE_LISTEN".into(), format!("127.0.0.1:{port}")),
+            (
+                "TOLLGATE_METRICS_LISTEN".into(),
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            ("TOLLGATE_STORE".into(), redis.url()),
+            ("TOLLGATE_UPSTREAM_URL".into(), upstream.to_string()),
+            ("TOLLGATE_OPERATOR_TOKEN".into(), OPERATOR.into()),
+            (
+                "TOLLGATE_PRICING".into(),
+                concat!(env!("CARGO_MANIFEST_DIR"), "/config/pricing.toml").into(),
+            ),
+            ("TOLLGATE_FLUSH_INTERVAL_MS".into(), FLUSH_MS.to_string()),
+            ("RUST_LOG".into(), "warn".into()),
+        ];
+        let mut gw = Gw {
+            child: None,
+            port,
+            env,
+            api: Api::new(&format!("http://127.0.0.1:{port}")),
+        };
+        gw.spawn().await;
+        gw
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .arg("serve")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let url = format!("http://127.0.0.1:{}/readyz", self.port);
+        wait_until("gateway ready", || {
+            let url = url.clone();
+            async move {
+                reqwest::get(&url)
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id();
+        assert!(Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    fn term(&mut self) {
+        self.signal("-TERM");
+        let status = self.child.take().unwrap().wait().unwrap();
+        assert!(status.success(), "graceful exit, got {status}");
+    }
+
+    fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Gw {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// Everything a user can read back, for before/after comparisons.
+async fn snapshot(api: &Api, users: &[&User], team: &str, owner: &User) -> Value {
+    let mut out = json!({});
+    for u in users {
+        out[&u.email] = json!({
+            "me": api.me(u).await,
+            "keys": api.get("/api/keys", Some(&u.token)).await.json::<Value>().await.unwrap(),
+            "usage": api.get("/api/me/usage", Some(&u.token)).await.json::<Value>().await.unwrap(),
+        });
+    }
+    for path in [
+        "", "/members", "/keys", "/ledger", "/usage", "/events", "/invites",
+    ] {
+        let v: Value = api
+            .get(&format!("/api/teams/{team}{path}"), Some(&owner.token))
+            .await
+            .json()
+            .await
+            .unwrap();
+        out[format!("team{path}")] = v;
+    }
+    out["reconcile"] = api.reconcile().await;
+    out
+}
+
+#[tokio::test]
+async fn sigterm_and_restart_keep_everything_exactly() {
+    let Some(redis) = RedisServer::start("sigterm_and_restart_keep_everything_exactly") else {
+        return;
+    };
+    let mock = spawn_mock().await;
+    let mut gw = Gw::start(&redis, &mock.url).await;
+    let (a, a_key) = gw.funded("a@example.com", "10").await;
+    gw.deposit(&a, "1", "promo").await;
+    let team = gw.team(&a, "T").await;
+    let (b, b_key) = gw.funded("b@example.com", "3").await;
+    gw.join(&team, &a, &b, "admin").await;
+    let (_, tk) = gw.team_key(&team, &b, None).await;
+    let c = gw.user("c@example.com").await;
+    gw.invite(&team, &a, &c.email, "member").await;
+    let t = [
+        ("x-mock-prompt-tokens", "123"),
+        ("x-mock-completion-tokens", "45"),
+    ];
+    for _ in 0..5 {
+        assert_eq!(
+            gw.chat(&tk, &chat_body("gpt-4o-mini"), &t).await.status(),
+            StatusCode::OK
+        );
+    }
+    let before = snapshot(&gw, &[&a, &b, &c], &team, &a).await;
+    assert_eq!(before["reconcile"]["ok"], true);
+
+    gw.term();
+    gw.spawn().await;
+    let after = snapshot(&gw, &[&a, &b, &c], &team, &a).await;
+    assert_eq!(before, after);
+    // Keys behave as before: archived personal keys, a working team key.
+    assert_eq!(
+        gw.chat(&a_key, &chat_body("gpt-4o-mini"), &[])
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        gw.chat(&b_key, &chat_body("gpt-4o-mini"), &[])
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        gw.chat(&tk, &chat_body("gpt-4o-mini"), &t).await.status(),
+        StatusCode::OK
+    );
+}
+
+/// Drive `tasks` concurrent request loops until `stop`; count 200s.
+fn load(
+    api: Arc<Api>,
+    key: String,
+    tasks: usize,
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..tasks)
+        .map(|_| {
+            let (api, key, stop, served) = (api.clone(), key.clone(), stop.clone(), served.clone());
+            tokio::spawn(async move {
+                let t = [
+                    ("x-mock-prompt-tokens", "10"),
+                    ("x-mock-completion-tokens", "10"),
+                ];
+                while !stop.load(Ordering::Relaxed) {
+                    let r = api
+                        .http
+                        .post(format!("{}/v1/chat/completions", api.url))
+                        .bearer_auth(&key)
+                        .header(t[0].0, t[0].1)
+                        .header(t[1].0, t[1].1)
+                        .json(&chat_body("gpt-4o-mini"))
+                        .timeout(Duration::from_secs(5))
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status() == StatusCode::OK => {
+                            if r.bytes().await.is_ok() {
+                                served.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(_) => {}
+                        // The gateway is gone; keep trying until stopped.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn kill_9_under_load_loses_at_most_a_flush_window() {
+    let Some(redis) = RedisServer::start("kill_9_under_load_loses_at_most_a_flush_window") else {
+        return;
+    };
+    let mock = spawn_mock().await;
+    let mut gw = Gw::start(&redis, &mock.url).await;
+    let (u, key) = gw.funded("a@example.com", "1000").await;
+    let api = Arc::new(Api::new(&gw.url));
+    let (stop, served) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let tasks = 16;
+    let started = Instant::now();
+    let handles = load(api, key, tasks, stop.clone(), served.clone());
+    wait_until("load running", || async {
+        served.load(Ordering::Relaxed) >= 300
+    })
+    .await;
+    gw.kill9();
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    let served = served.load(Ordering::Relaxed);
+    gw.spawn().await;
+    let rec = gw.reconcile().await;
+    assert_eq!(rec["ok"], true, "conservation after kill -9: {rec}");
+    let usage: Value = gw
+        .get("/api/me/usage", Some(&u.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let billed = usage["calls"].as_u64().unwrap();
+    assert!(billed <= served, "billed {billed} > served {served}");
+    let unbilled = served - billed;
+    let per_window =
+        (served as f64 / elapsed.as_secs_f64() * FLUSH_MS as f64 / 1000.0).ceil() as u64;
+    // Settlements not yet flushed die with the process: one flush window's
+    // worth, plus the batch being written and the requests in flight.
+    let bound = 2 * per_window + tasks as u64;
+    println!("kill -9: served {served}, billed {billed}, unbilled {unbilled} (one flush window ~ {per_window} requests; bound {bound})");
+    assert!(unbilled <= bound, "unbilled {unbilled} > bound {bound}");
+    let spend = nanos(usage["spend"].as_str().unwrap());
+    assert_eq!(nanos(&gw.balance(&u).await.0), 1_000_000_000_000 - spend);
+}
+
+#[tokio::test]
+async fn redis_restarted_under_load_the_gateway_recovers_by_itself() {
+    let Some(mut redis) =
+        RedisServer::start("redis_restarted_under_load_the_gateway_recovers_by_itself")
+    else {
+        return;
+    };
+    let mock = spawn_mock().await;
+    let gw = Gw::start(&redis, &mock.url).await;
+    let (u, key) = gw.funded("a@example.com", "1000").await;
+    let api = Arc::new(Api::new(&gw.url));
+    let (stop, served) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let handles = load(api, key.clone(), 8, stop.clone(), served.clone());
+    wait_until("load running", || async {
+        served.load(Ordering::Relaxed) >= 100
+    })
+    .await;
+    redis.kill();
+    // Management calls that need the store fail cleanly while it is down.
+    let r = gw
+        .deposit_raw(
+            "during-outage",
+            &json!({"user_id": u.id, "amount": "1", "kind": "stripe"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        gw.get("/readyz", None).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let during = served.load(Ordering::Relaxed);
+    redis.restart();
+    wait_until("gateway ready again", || async {
+        gw.get("/readyz", None).await.status() == StatusCode::OK
+    })
+    .await;
+    wait_until("serving again", || async {
+        served.load(Ordering::Relaxed) >= during + 100
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    let r = gw
+        .deposit_raw(
+            "after-outage",
+            &json!({"user_id": u.id, "amount": "1", "kind": "stripe"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let rec = gw.reconcile().await;
+    assert_eq!(rec["ok"], true, "{rec}");
+    assert_eq!(rec["holds_total"], "0.00");
+    // Every request served was billed once: none lost, none doubled.
+    let usage: Value = gw
+        .get("/api/me/usage", Some(&u.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        usage["calls"].as_u64().unwrap(),
+        served.load(Ordering::Relaxed)
+    );
+    assert_eq!(rec["deposits_total"], "1001.00");
+}
+
+#[tokio::test]
+async fn two_instances_share_a_team_and_deletions_reach_both() {
+    let Some(redis) = RedisServer::start("two_instances_share_a_team_and_deletions_reach_both")
+    else {
+        return;
+    };
+    let mock = spawn_mock().await;
+    let one = Gw::start(&redis, &mock.url).await;
+    let two = Gw::start(&redis, &mock.url).await;
+    let (a, _) = one.funded("a@example.com", "100").await;
+    let team = one.team(&a, "T").await;
+    let (_, k1) = one.team_key(&team, &a, None).await;
+    let (_, k2) = one.team_key(&team, &a, None).await;
+    // Both instances serve the team at once.
+    let (stop, s1, s2) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut handles = load(
+        Arc::new(Api::new(&one.url)),
+        k1.clone(),
+        4,
+        stop.clone(),
+        s1.clone(),
+    );
+    handles.extend(load(
+        Arc::new(Api::new(&two.url)),
+        k2.clone(),
+        4,
+        stop.clone(),
+        s2.clone(),
+    ));
+    wait_until("both serving", || async {
+        s1.load(Ordering::Relaxed) >= 100 && s2.load(Ordering::Relaxed) >= 100
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    let served = s1.load(Ordering::Relaxed) + s2.load(Ordering::Relaxed);
+    two.reconcile().await; // flushes instance two's wallets
+    let rec = one.reconcile().await;
+    assert_eq!(rec["ok"], true, "{rec}");
+    let per = mini_cost(10, 0, 10);
+    assert_eq!(
+        nanos(rec["usage_total"].as_str().unwrap()),
+        served as i64 * per
+    );
+    assert_eq!(
+        nanos(rec["balances_total"].as_str().unwrap()),
+        100_000_000_000 - served as i64 * per
+    );
+
+    // A key deleted through one instance is refused by the other.
+    let mut lags = Vec::new();
+    for _ in 0..5 {
+        let (id, secret) = one.team_key(&team, &a, None).await;
+        assert_eq!(
+            two.chat(&secret, &chat_body("gpt-4o-mini"), &[])
+                .await
+                .status(),
+            StatusCode::OK
+        );
+        let r = one
+            .delete(&format!("/api/teams/{team}/keys/{id}"), Some(&a.token))
+            .await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let deleted = Instant::now();
+        wait_until("deletion reaches the other instance", || async {
+            two.chat(&secret, &chat_body("gpt-4o-mini"), &[])
+                .await
+                .status()
+                == StatusCode::UNAUTHORIZED
+        })
+        .await;
+        lags.push(deleted.elapsed());
+    }
+    lags.sort();
+    println!(
+        "key deletion seen by the other instance after: median {:?}, max {:?}",
+        lags[2], lags[4]
+    );
+    // A deposit through one lifts a suspension seen by the other.
+    let rec = one.reconcile().await;
+    assert_eq!(rec["ok"], true);
+}
