@@ -20,7 +20,7 @@ use super::ledger::{Ledger, WalletError};
 use crate::clock::Clock;
 use crate::money::Nanos;
 use crate::store::{
-    Applied, EntryKind, EventRecord, LedgerEntry, Part, Store, UsageFacts, WalletBalance,
+    Applied, Change, EntryKind, EventRecord, LedgerEntry, Part, Store, UsageFacts, WalletBalance,
     WalletBatch,
 };
 
@@ -165,8 +165,8 @@ pub struct WalletState {
     close_waiters: Vec<RpcReplyPort<()>>,
     /// Credits and withdrawals on their way to the store.
     money_inflight: u32,
-    /// Bumped by every local change; a store read taken at another seq
-    /// may miss it and is not adopted.
+    /// Bumped by every write this actor makes to the store; a balance read
+    /// at another seq may miss one and is not adopted.
     seq: u64,
 }
 
@@ -212,20 +212,26 @@ impl WalletState {
     }
 
     /// With several instances on one store, each actor's balance drifts by
-    /// the others' spend; adopt the stored balance whenever nothing local
-    /// is unpersisted (so the stored figure is the whole truth).
+    /// the others' spend. Adopt the stored balance plus what is settled here
+    /// but not yet written (`pending`, exactly known), whenever no other
+    /// write is in the air and nothing was persisted since `stored` was read
+    /// (`seq`). Every successful flush does this, so a wallet served by
+    /// several instances converges every flush interval.
     fn adopt(&mut self, stored: WalletBalance, seq: u64) -> bool {
-        let quiet = !self.inflight
-            && self.pending.is_empty()
-            && self.retry.is_none()
-            && self.money_inflight == 0
-            && self.seq == seq;
-        if quiet {
-            self.ledger.paid = stored.paid;
-            self.ledger.promo = stored.promo;
+        let settled =
+            !self.inflight && self.retry.is_none() && self.money_inflight == 0 && self.seq == seq;
+        if settled {
+            let unwritten: (Nanos, Nanos) = self
+                .pending
+                .iter()
+                .fold((Nanos::ZERO, Nanos::ZERO), |(p, q), e| {
+                    (p + e.paid, q + e.promo)
+                });
+            self.ledger.paid = stored.paid + unwritten.0;
+            self.ledger.promo = stored.promo + unwritten.1;
             self.publish();
         }
-        quiet
+        settled
     }
 
     fn answer_close_waiters(&mut self) {
@@ -271,7 +277,15 @@ impl WalletState {
         let me = myself.clone();
         tokio::spawn(async move {
             let stored = match store.apply(&batch).await {
-                Ok((_, after)) => Some(after),
+                Ok((_, after)) => {
+                    // Other instances running this wallet re-read it (a
+                    // no-op on a single-process store).
+                    let change = Change::Wallet(batch.wallet_id.clone());
+                    if let Err(e) = store.publish(&change).await {
+                        tracing::debug!(error = %e, "flush not announced");
+                    }
+                    Some(after)
+                }
                 Err(e) => {
                     tracing::warn!(wallet = %batch.wallet_id, error = %e, "wallet flush failed; will retry");
                     None
@@ -358,7 +372,6 @@ impl Actor for WalletActor {
             } => {
                 let held = state.holds.remove(&request_id).unwrap_or(Nanos::ZERO);
                 let debit = state.ledger.settle(held, cost);
-                state.seq += 1;
                 state.pending.push(LedgerEntry {
                     id: format!("stl:{:016x}:{request_id}", state.args.nonce),
                     wallet_id: state.args.wallet_id.to_string(),
@@ -514,6 +527,10 @@ impl Actor for WalletActor {
                 };
                 let _ = reply_to.send(answer);
             }
+            WalletMsg::Resync if state.inflight => {
+                // The read could race the write in the air; the flush's own
+                // answer carries the stored balance anyway.
+            }
             WalletMsg::Resync => {
                 let store = state.args.store.clone();
                 let id = state.args.wallet_id.clone();
@@ -526,9 +543,9 @@ impl Actor for WalletActor {
             }
             WalletMsg::ResyncDone { stored, seq } => {
                 if !state.adopt(stored, seq) {
-                    // Busy: the next flush's answer carries the stored balance.
+                    // Something was written meanwhile: read again.
                     let interval = state.args.flush_interval;
-                    myself.send_after(interval * 5, || WalletMsg::Resync);
+                    myself.send_after(interval, || WalletMsg::Resync);
                 }
             }
             WalletMsg::Snapshot { reply_to } => {
@@ -545,6 +562,7 @@ impl Actor for WalletActor {
             }
             WalletMsg::FlushDone { batch, stored } => {
                 state.inflight = false;
+                state.seq += 1;
                 if let Some(stored) = stored {
                     state.failing_since = None;
                     let seq = state.seq;
