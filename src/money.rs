@@ -100,12 +100,19 @@ impl<'de> Deserialize<'de> for Nanos {
     }
 }
 
-/// Round a computed cost up to a whole nano-dollar (B5). The only place a
-/// cost is rounded; it rounds once, at settlement.
+/// Round a computed cost up to a whole nano-dollar (B5). With
+/// `nanos_ceil`, the only place a cost is rounded; it rounds once.
 pub fn to_nanos_ceil(usd: Decimal) -> Nanos {
-    let scaled = (usd * Decimal::from(NANOS_PER_USD))
-        .round_dp_with_strategy(0, RoundingStrategy::ToPositiveInfinity);
-    Nanos(scaled.to_i64().unwrap_or(i64::MAX))
+    nanos_ceil(usd * Decimal::from(NANOS_PER_USD))
+}
+
+/// Round a cost already counted in nano-dollars up to a whole one (B5).
+/// Pricing works in nano-dollars per token, so its costs come here without
+/// a division by 10^9 and a multiplication back (each a 96-bit `Decimal`
+/// operation on every request, and the division could round).
+pub fn nanos_ceil(nanos: Decimal) -> Nanos {
+    let whole = nanos.round_dp_with_strategy(0, RoundingStrategy::ToPositiveInfinity);
+    Nanos(whole.to_i64().unwrap_or(i64::MAX))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -142,6 +149,13 @@ impl AmountRules {
 
 /// Parse a decimal string exactly. Refuses exponents, signs on deposits,
 /// more than 9 fractional digits and anything that is not plain digits.
+///
+/// ```
+/// use tollgate::money::{parse_amount, AmountRules, Nanos};
+/// assert_eq!(parse_amount("12.50", AmountRules::DEPOSIT), Ok(Nanos(12_500_000_000)));
+/// assert!(parse_amount("1e3", AmountRules::DEPOSIT).is_err());
+/// assert_eq!(Nanos(12_500_000_000).to_string(), "12.50");
+/// ```
 pub fn parse_amount(s: &str, rules: AmountRules) -> Result<Nanos, AmountError> {
     let t = s.trim();
     if t.is_empty() || t != s || t.len() > 40 {
