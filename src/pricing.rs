@@ -9,7 +9,7 @@ use std::path::Path;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use crate::money::{to_nanos_ceil, Nanos};
+use crate::money::{nanos_ceil, Nanos};
 
 /// Token counts of one call, as the upstream reports them (OpenAI `usage`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
@@ -76,22 +76,17 @@ impl ModelPrice {
             + Decimal::from(cached) * self.cached_input
             + Decimal::from(u.output_tokens) * self.output;
         // Prices are nano-dollars per token already; rounding is to whole nanos.
-        to_nanos_ceil(nanos / Decimal::from(crate::money::NANOS_PER_USD))
+        nanos_ceil(nanos)
     }
 
     /// The most a request can cost: every input token uncached at the
-    /// dearer input price, and the largest output it allows.
+    /// dearer input price, and the largest output it allows. (Computed
+    /// in place: it used to clone the whole price, `upstream_url` string
+    /// included, on every request.)
     pub fn max_cost(&self, max_input_tokens: u64, max_output_tokens: u64) -> Nanos {
-        let usage = Usage {
-            input_tokens: max_input_tokens,
-            cached_tokens: 0,
-            output_tokens: max_output_tokens,
-        };
-        let dearer = ModelPrice {
-            input: self.input.max(self.cached_input),
-            ..self.clone()
-        };
-        dearer.cost(&usage)
+        let nanos = Decimal::from(max_input_tokens) * self.input.max(self.cached_input)
+            + Decimal::from(max_output_tokens) * self.output;
+        nanos_ceil(nanos)
     }
 }
 

@@ -15,18 +15,39 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn sign_up_log_in_and_me() {
     let g = spawn_gateway().await;
-    let r = g.post("/api/users", None, &json!({"email": "Ann@Example.com", "password": "password123"})).await;
+    let r = g
+        .post(
+            "/api/users",
+            None,
+            &json!({"email": "Ann@Example.com", "password": "password123"}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let v: Value = r.json().await.unwrap();
     assert!(v["id"].is_string());
     assert_eq!(v["email"], "Ann@Example.com");
     assert!(v.get("password").is_none() && v.get("password_hash").is_none());
     // Emails are unique case-insensitively (A1).
-    let r = g.post("/api/users", None, &json!({"email": "ann@example.COM", "password": "password123"})).await;
+    let r = g
+        .post(
+            "/api/users",
+            None,
+            &json!({"email": "ann@example.COM", "password": "password123"}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "email_taken");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "email_taken"
+    );
     // Log in with either case.
-    let r = g.post("/api/sessions", None, &json!({"email": "ann@example.com", "password": "password123"})).await;
+    let r = g
+        .post(
+            "/api/sessions",
+            None,
+            &json!({"email": "ann@example.com", "password": "password123"}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let s: Value = r.json().await.unwrap();
     let token = s["token"].as_str().unwrap();
@@ -38,11 +59,21 @@ async fn sign_up_log_in_and_me() {
     assert_eq!(me["teams"], json!([]));
     // The password is stored only as an Argon2id hash (A1); the session only
     // as a hash.
-    let user = g.store.user_by_email("ann@example.com").await.unwrap().unwrap();
+    let user = g
+        .store
+        .user_by_email("ann@example.com")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(user.password_hash.starts_with("$argon2id$"));
     assert!(!user.password_hash.contains("password123"));
     assert!(g.store.session(token).await.unwrap().is_none());
-    assert!(g.store.session(&tollgate::ids::sha256_hex(token.as_bytes())).await.unwrap().is_some());
+    assert!(g
+        .store
+        .session(&tollgate::ids::sha256_hex(token.as_bytes()))
+        .await
+        .unwrap()
+        .is_some());
 }
 
 #[tokio::test]
@@ -50,16 +81,32 @@ async fn bad_sign_ups_and_logins_are_refused_alike() {
     let g = spawn_gateway().await;
     g.user("bob@example.com").await;
     let cases = [
-        (json!({"email": "not-an-email", "password": "password123"}), 422, "invalid_email"),
-        (json!({"email": "x@example.com", "password": "short"}), 422, "weak_password"),
+        (
+            json!({"email": "not-an-email", "password": "password123"}),
+            422,
+            "invalid_email",
+        ),
+        (
+            json!({"email": "x@example.com", "password": "short"}),
+            422,
+            "weak_password",
+        ),
         (json!({"email": "x@example.com"}), 422, "invalid_request"),
-        (json!({"email": "x@example.com", "password": "password123", "id": "usr_mine"}), 422, "invalid_request"),
+        (
+            json!({"email": "x@example.com", "password": "password123", "id": "usr_mine"}),
+            422,
+            "invalid_request",
+        ),
         (json!(["x"]), 422, "invalid_request"),
     ];
     for (body, status, code) in cases {
         let r = g.post("/api/users", None, &body).await;
         assert_eq!(r.status().as_u16(), status, "{body}");
-        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], code, "{body}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            code,
+            "{body}"
+        );
     }
     let r = g
         .http
@@ -71,10 +118,25 @@ async fn bad_sign_ups_and_logins_are_refused_alike() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let big = json!({"email": "y@example.com", "password": "p".repeat(100_000)});
-    assert_eq!(g.post("/api/users", None, &big).await.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        g.post("/api/users", None, &big).await.status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
     // Wrong password and unknown email: the same 401 (no enumeration).
-    let wrong = g.post("/api/sessions", None, &json!({"email": "bob@example.com", "password": "nope-nope"})).await;
-    let unknown = g.post("/api/sessions", None, &json!({"email": "who@example.com", "password": "nope-nope"})).await;
+    let wrong = g
+        .post(
+            "/api/sessions",
+            None,
+            &json!({"email": "bob@example.com", "password": "nope-nope"}),
+        )
+        .await;
+    let unknown = g
+        .post(
+            "/api/sessions",
+            None,
+            &json!({"email": "who@example.com", "password": "nope-nope"}),
+        )
+        .await;
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(wrong.text().await.unwrap(), unknown.text().await.unwrap());
@@ -85,21 +147,35 @@ async fn unknown_and_expired_sessions_get_401() {
     let g = spawn_gateway().await;
     let u = g.user("a@example.com").await;
     for bad in [None, Some("tgs_nope"), Some("")] {
-        assert_eq!(g.get("/api/me", bad).await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            g.get("/api/me", bad).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
     // An API key is not a session.
     let key = g.key(&u).await;
-    assert_eq!(g.get("/api/me", Some(&key)).await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(g.get("/api/me", Some(&u.token)).await.status(), StatusCode::OK);
-    g.clock.advance(chrono::Duration::hours(168) + chrono::Duration::seconds(1));
-    assert_eq!(g.get("/api/me", Some(&u.token)).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        g.get("/api/me", Some(&key)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        g.get("/api/me", Some(&u.token)).await.status(),
+        StatusCode::OK
+    );
+    g.clock
+        .advance(chrono::Duration::hours(168) + chrono::Duration::seconds(1));
+    assert_eq!(
+        g.get("/api/me", Some(&u.token)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
 async fn deposits_are_idempotent_and_exact() {
     let g = spawn_gateway().await;
     let u = g.user("a@example.com").await;
-    let body = json!({"user_id": u.id, "amount": "12.345678901", "kind": "stripe", "reference": "pi_1"});
+    let body =
+        json!({"user_id": u.id, "amount": "12.345678901", "kind": "stripe", "reference": "pi_1"});
     let first = g.deposit_raw("dep-1", &body).await;
     assert_eq!(first.status(), StatusCode::CREATED);
     let first: Value = first.json().await.unwrap();
@@ -115,10 +191,20 @@ async fn deposits_are_idempotent_and_exact() {
     let other = json!({"user_id": u.id, "amount": "1", "kind": "stripe"});
     let r = g.deposit_raw("dep-1", &other).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "idempotency_conflict");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "idempotency_conflict"
+    );
     // Promo goes to promo.
-    g.deposit_raw("dep-2", &json!({"user_id": u.id, "amount": "0.5", "kind": "promo"})).await;
-    assert_eq!(g.balance(&u).await, ("12.345678901".to_string(), "0.50".to_string()));
+    g.deposit_raw(
+        "dep-2",
+        &json!({"user_id": u.id, "amount": "0.5", "kind": "promo"}),
+    )
+    .await;
+    assert_eq!(
+        g.balance(&u).await,
+        ("12.345678901".to_string(), "0.50".to_string())
+    );
     let rec = g.reconcile().await;
     assert_eq!(rec["deposits_total"], "12.845678901");
     assert_eq!(rec["ok"], true);
@@ -130,35 +216,92 @@ async fn bad_deposits_change_nothing() {
     let u = g.user("a@example.com").await;
     let cases = [
         (json!({"user_id": u.id, "amount": 5, "kind": "stripe"}), 422),
-        (json!({"user_id": u.id, "amount": 5.5, "kind": "stripe"}), 422),
-        (json!({"user_id": u.id, "amount": "0", "kind": "stripe"}), 422),
-        (json!({"user_id": u.id, "amount": "-1", "kind": "stripe"}), 422),
-        (json!({"user_id": u.id, "amount": "0.0000000001", "kind": "stripe"}), 422),
-        (json!({"user_id": u.id, "amount": "1000000000.01", "kind": "stripe"}), 422),
-        (json!({"user_id": u.id, "amount": "1e3", "kind": "stripe"}), 422),
-        (json!({"user_id": u.id, "amount": "1", "kind": "paypal"}), 422),
-        (json!({"user_id": u.id, "team_id": "team_x", "amount": "1", "kind": "stripe"}), 422),
+        (
+            json!({"user_id": u.id, "amount": 5.5, "kind": "stripe"}),
+            422,
+        ),
+        (
+            json!({"user_id": u.id, "amount": "0", "kind": "stripe"}),
+            422,
+        ),
+        (
+            json!({"user_id": u.id, "amount": "-1", "kind": "stripe"}),
+            422,
+        ),
+        (
+            json!({"user_id": u.id, "amount": "0.0000000001", "kind": "stripe"}),
+            422,
+        ),
+        (
+            json!({"user_id": u.id, "amount": "1000000000.01", "kind": "stripe"}),
+            422,
+        ),
+        (
+            json!({"user_id": u.id, "amount": "1e3", "kind": "stripe"}),
+            422,
+        ),
+        (
+            json!({"user_id": u.id, "amount": "1", "kind": "paypal"}),
+            422,
+        ),
+        (
+            json!({"user_id": u.id, "team_id": "team_x", "amount": "1", "kind": "stripe"}),
+            422,
+        ),
         (json!({"amount": "1", "kind": "stripe"}), 422),
-        (json!({"user_id": u.id, "amount": "1", "kind": "stripe", "balance": "9"}), 422),
-        (json!({"user_id": "usr_nobody", "amount": "1", "kind": "stripe"}), 404),
-        (json!({"team_id": "team_nobody", "amount": "1", "kind": "stripe"}), 404),
+        (
+            json!({"user_id": u.id, "amount": "1", "kind": "stripe", "balance": "9"}),
+            422,
+        ),
+        (
+            json!({"user_id": "usr_nobody", "amount": "1", "kind": "stripe"}),
+            404,
+        ),
+        (
+            json!({"team_id": "team_nobody", "amount": "1", "kind": "stripe"}),
+            404,
+        ),
     ];
     for (i, (body, status)) in cases.iter().enumerate() {
         let r = g.deposit_raw(&format!("bad-{i}"), body).await;
         assert_eq!(r.status().as_u16(), *status, "{body}");
     }
     // The largest allowed deposit is exact.
-    let r = g.deposit_raw("max", &json!({"user_id": u.id, "amount": "1000000000", "kind": "crypto"})).await;
+    let r = g
+        .deposit_raw(
+            "max",
+            &json!({"user_id": u.id, "amount": "1000000000", "kind": "crypto"}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(g.balance(&u).await.0, "1000000000.00");
     // Without an Idempotency-Key, or without the operator: refused.
     let body = json!({"user_id": u.id, "amount": "1", "kind": "stripe"});
-    let r = g.http.post(format!("{}/api/admin/deposits", g.url)).bearer_auth(OPERATOR).json(&body).send().await.unwrap();
+    let r = g
+        .http
+        .post(format!("{}/api/admin/deposits", g.url))
+        .bearer_auth(OPERATOR)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let r = g.http.post(format!("{}/api/admin/deposits", g.url)).bearer_auth(&u.token)
-        .header("Idempotency-Key", "x").json(&body).send().await.unwrap();
+    let r = g
+        .http
+        .post(format!("{}/api/admin/deposits", g.url))
+        .bearer_auth(&u.token)
+        .header("Idempotency-Key", "x")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(g.get("/api/admin/reconcile", Some("wrong-token")).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        g.get("/api/admin/reconcile", Some("wrong-token"))
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(g.balance(&u).await.0, "1000000000.00");
     assert_eq!(g.reconcile().await["deposits_total"], "1000000000.00");
 }
@@ -171,7 +314,9 @@ async fn concurrent_identical_deposits_credit_once() {
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let (g, body) = (g.clone(), body.clone());
-        tasks.push(tokio::spawn(async move { g.deposit_raw("same", &body).await.status() }));
+        tasks.push(tokio::spawn(async move {
+            g.deposit_raw("same", &body).await.status()
+        }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), StatusCode::CREATED);
@@ -184,24 +329,42 @@ async fn concurrent_identical_deposits_credit_once() {
 async fn operator_is_refused_when_no_token_is_configured() {
     let g = spawn_gateway_with(|c| c.operator_token = None).await;
     let u = g.user("a@example.com").await;
-    let r = g.deposit_raw("x", &json!({"user_id": u.id, "amount": "1", "kind": "stripe"})).await;
+    let r = g
+        .deposit_raw(
+            "x",
+            &json!({"user_id": u.id, "amount": "1", "kind": "stripe"}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(g.get("/api/admin/reconcile", Some("")).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        g.get("/api/admin/reconcile", Some("")).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
 async fn personal_keys_are_shown_once_and_stored_as_hashes() {
     let g = spawn_gateway().await;
     let u = g.user("a@example.com").await;
-    let r = g.post("/api/keys", Some(&u.token), &json!({"name": "laptop"})).await;
+    let r = g
+        .post("/api/keys", Some(&u.token), &json!({"name": "laptop"}))
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let v: Value = r.json().await.unwrap();
     let key = v["key"].as_str().unwrap();
-    assert!(key.starts_with("tgk_") && key.len() >= 4 + 32, "at least 128 random bits");
+    assert!(
+        key.starts_with("tgk_") && key.len() >= 4 + 32,
+        "at least 128 random bits"
+    );
     assert_eq!(v["scope"], "personal");
     assert_eq!(v["status"], "active");
     assert!(key.starts_with(v["prefix"].as_str().unwrap()));
-    let list: Value = g.get("/api/keys", Some(&u.token)).await.json().await.unwrap();
+    let list: Value = g
+        .get("/api/keys", Some(&u.token))
+        .await
+        .json()
+        .await
+        .unwrap();
     let text = list.to_string();
     assert!(!text.contains(key), "listings never show the key");
     assert_eq!(list[0]["name"], "laptop");
@@ -209,26 +372,65 @@ async fn personal_keys_are_shown_once_and_stored_as_hashes() {
     let stored = g.store.keys_of_user(&u.id).await.unwrap().remove(0);
     assert_eq!(stored.hash, tollgate::ids::sha256_hex(key.as_bytes()));
     // Names are checked; another user's key is not found (404, not 403).
-    for bad in [json!({"name": ""}), json!({"name": "x".repeat(65)}), json!({"name": "a\nb"})] {
-        assert_eq!(g.post("/api/keys", Some(&u.token), &bad).await.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    for bad in [
+        json!({"name": ""}),
+        json!({"name": "x".repeat(65)}),
+        json!({"name": "a\nb"}),
+    ] {
+        assert_eq!(
+            g.post("/api/keys", Some(&u.token), &bad).await.status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
     }
     let other = g.user("b@example.com").await;
     let id = v["id"].as_str().unwrap();
-    assert_eq!(g.delete(&format!("/api/keys/{id}"), Some(&other.token)).await.status(), StatusCode::NOT_FOUND);
-    assert_eq!(g.delete(&format!("/api/keys/{id}"), None).await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(g.delete(&format!("/api/keys/{id}"), Some(&u.token)).await.status(), StatusCode::NO_CONTENT);
-    assert_eq!(g.delete(&format!("/api/keys/{id}"), Some(&u.token)).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        g.delete(&format!("/api/keys/{id}"), Some(&other.token))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        g.delete(&format!("/api/keys/{id}"), None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        g.delete(&format!("/api/keys/{id}"), Some(&u.token))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        g.delete(&format!("/api/keys/{id}"), Some(&u.token))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
 async fn a_new_key_works_at_once_despite_a_long_negative_cache() {
     // The negative cache must not outlive the creation of the key it hides.
-    let g = spawn_gateway_with(|c| c.negative_cache_ttl = std::time::Duration::from_secs(3600)).await;
+    let g =
+        spawn_gateway_with(|c| c.negative_cache_ttl = std::time::Duration::from_secs(3600)).await;
     let (u, _) = g.funded("a@example.com", "1").await;
-    let r = g.post("/api/keys", Some(&u.token), &json!({"name": "second"})).await;
-    let key = r.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_string();
-    assert_eq!(g.chat(&key, &chat_body("gpt-4o-mini"), &[]).await.status(), StatusCode::OK);
-    assert_eq!(g.chat("tgk_unknown", &chat_body("gpt-4o-mini"), &[]).await.status(), StatusCode::UNAUTHORIZED);
+    let r = g
+        .post("/api/keys", Some(&u.token), &json!({"name": "second"}))
+        .await;
+    let key = r.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        g.chat(&key, &chat_body("gpt-4o-mini"), &[]).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        g.chat("tgk_unknown", &chat_body("gpt-4o-mini"), &[])
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -251,7 +453,12 @@ async fn the_demo_seeds_a_working_key() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = http.get(format!("{}/api/admin/reconcile", running.url())).bearer_auth(&seeded.operator_token).send().await.unwrap();
+    let r = http
+        .get(format!("{}/api/admin/reconcile", running.url()))
+        .bearer_auth(&seeded.operator_token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["deposits_total"], "11.00");
     running.stop().await.unwrap();
 }

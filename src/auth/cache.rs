@@ -4,7 +4,7 @@
 //! the store.
 //!
 //! DashMap, not `RwLock<HashMap>`: read on every request; shard locks keep
-//! readers apart and a lookup allocates nothing (benches/hot_path.rs).
+//! readers apart and a lookup allocates nothing (counted: benches/alloc.rs).
 //!
 //! K5, no stale entry: code that changes a key's status calls
 //! `invalidate`, which bumps an epoch and then removes the entry. A fill

@@ -92,11 +92,13 @@ async fn embeddings(State(app): State<Arc<App>>, req: Request) -> Response {
 pub async fn handle(app: &App, route: Route, req: Request) -> Response {
     let started = Instant::now();
     let request_id = app.ids.next();
-    let mut resp = match phases(app, route, request_id, req).await {
+    // Formatted once: the ledger reference and the response header.
+    let reference = app.ids.format(request_id);
+    let mut resp = match phases(app, route, request_id, &reference, req).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
-    if let Ok(v) = HeaderValue::from_str(&app.ids.format(request_id)) {
+    if let Ok(v) = HeaderValue::from_str(&reference) {
         resp.headers_mut().insert("x-request-id", v);
     }
     metrics::proxy_request(route.label(), resp.status().as_u16(), started.elapsed());
@@ -106,6 +108,30 @@ pub async fn handle(app: &App, route: Route, req: Request) -> Response {
         "proxied"
     );
     resp
+}
+
+/// Phases 1 and 2, before the body is read: the key (from the cache; a
+/// miss asks the store once, K4, K5) and the wallet's suspended flag, read
+/// without messaging anyone (B2). On a cache hit this neither awaits nor
+/// allocates (measured: benches/alloc.rs).
+pub async fn admit(app: &App, headers: &HeaderMap) -> Result<Arc<KeyEntry>, ProxyError> {
+    // 1. auth.
+    let key = bearer(headers).ok_or(ProxyError::InvalidKey)?;
+    let entry = app
+        .keys
+        .lookup(key.as_bytes(), &*app.store, &app.wallets)
+        .await?;
+    match entry.status() {
+        KeyStatus::Active => {}
+        KeyStatus::Archived => return Err(ProxyError::KeyArchived),
+        KeyStatus::Deleted => return Err(ProxyError::InvalidKey),
+    }
+    // 2. gate.
+    if entry.wallet.is_suspended() {
+        metrics::hold(false);
+        return Err(ProxyError::InsufficientBalance);
+    }
+    Ok(entry)
 }
 
 /// The parts of an OpenAI request the gateway reads; the rest passes
@@ -138,27 +164,13 @@ async fn phases(
     app: &App,
     route: Route,
     request_id: u64,
+    reference: &str,
     req: Request,
 ) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
 
-    // 1. auth: the key cache; a miss asks the store once (K4, K5).
-    let key = bearer(&parts.headers).ok_or(ProxyError::InvalidKey)?;
-    let entry = app
-        .keys
-        .lookup(key.as_bytes(), &*app.store, &app.wallets)
-        .await?;
-    match entry.status() {
-        KeyStatus::Active => {}
-        KeyStatus::Archived => return Err(ProxyError::KeyArchived),
-        KeyStatus::Deleted => return Err(ProxyError::InvalidKey),
-    }
-
-    // 2. gate: the wallet's suspended flag, without messaging anyone (B2).
-    if entry.wallet.is_suspended() {
-        metrics::hold(false);
-        return Err(ProxyError::InsufficientBalance);
-    }
+    // 1-2. auth and gate.
+    let entry = admit(app, &parts.headers).await?;
 
     // Body: bounded before it is read whole (P4).
     let body = read_body(&parts.headers, body, app.config.max_body_bytes).await?;
@@ -207,7 +219,7 @@ async fn phases(
         hold,
         pricing: pricing.clone(),
         model: model.to_string(),
-        reference: app.ids.format(request_id),
+        reference: reference.to_owned(),
         entry: entry.clone(),
         request_body: body.clone(),
     };
@@ -228,7 +240,7 @@ async fn phases(
     let sent = Instant::now();
     let upstream = app
         .upstream
-        .send(base, route.path(), &parts.headers, forwarded)
+        .send(base, route.path(), parts.headers, forwarded)
         .await?;
     metrics::upstream_latency(route.label(), sent.elapsed());
 
@@ -237,26 +249,22 @@ async fn phases(
         // P5, U4: not billed; dropping `billing` releases the hold.
         return Err(ProxyError::Upstream);
     }
-    let mut headers = HeaderMap::with_capacity(upstream.headers().len());
-    forward::copy_end_to_end(upstream.headers(), &mut headers);
+    // The upstream's own map, stripped in place (see `Upstream::send`).
+    let (head, upstream_body) = upstream.into_parts();
+    let mut headers = head.headers;
+    forward::strip_hop_by_hop(&mut headers);
     headers.remove(header::CONTENT_LENGTH);
-    let is_sse = upstream
-        .headers()
+    let is_sse = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
 
     // 7-8. meter and settle.
     if status.is_success() && is_sse {
-        let body = relay_stream(
-            upstream.into_body(),
-            billing,
-            inject,
-            app.upstream.read_timeout(),
-        );
+        let body = relay_stream(upstream_body, billing, inject, app.upstream.read_timeout());
         return Ok(respond(status, headers, body));
     }
-    let bytes = read_upstream(upstream.into_body(), app).await?;
+    let bytes = read_upstream(upstream_body, app).await?;
     if status.is_success() {
         let usage = usage_of_json(&bytes).unwrap_or_else(|| {
             tracing::warn!(
