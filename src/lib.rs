@@ -163,8 +163,8 @@ impl App {
         tokio::spawn(async move {
             loop {
                 let Some(a) = app.upgrade() else { break };
-                let before = a.clock.now().date_naive()
-                    - chrono::Duration::days(i64::from(usage::MAX_DAYS));
+                let before =
+                    a.clock.now().date_naive() - chrono::Duration::days(i64::from(usage::MAX_DAYS));
                 if let Err(e) = a.store.prune_usage(before).await {
                     tracing::warn!(error = %e, "usage pruning failed");
                 }
@@ -188,9 +188,27 @@ impl KeyedLocks {
         self.locks.entry(name.to_string()).or_default().clone()
     }
 
-    /// Forget `name`'s lock if nobody else holds or waits on it.
-    pub fn release(&self, name: &str, lock: Arc<tokio::sync::Mutex<()>>) {
-        drop(lock);
-        self.locks.remove_if(name, |_, l| Arc::strong_count(l) == 1);
+    /// On drop (every return path), forget `name`'s lock if nobody else
+    /// waits on it. Declared after the lock and its guard, it drops first;
+    /// by then the call's outcome is in the store, so a caller that arrives
+    /// after and gets a fresh lock sees it.
+    pub fn forget_on_drop<'a>(&'a self, name: &'a str) -> ForgetLock<'a> {
+        ForgetLock { locks: self, name }
+    }
+}
+
+/// See `KeyedLocks::forget_on_drop`.
+pub struct ForgetLock<'a> {
+    locks: &'a KeyedLocks,
+    name: &'a str,
+}
+
+impl Drop for ForgetLock<'_> {
+    fn drop(&mut self) {
+        // Our own `Arc` may still be alive (dropped after this), so 2 is
+        // "nobody else"; a waiter holds a third.
+        self.locks
+            .locks
+            .remove_if(self.name, |_, l| Arc::strong_count(l) <= 2);
     }
 }

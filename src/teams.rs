@@ -360,6 +360,8 @@ impl Teams {
             .await?
             .into_iter()
             .filter(|i| i.status == InviteStatus::Pending && i.expires_at > now)
+            // An Admin manages member invites only (the role table).
+            .filter(|i| rules::can_invite(role, i.role))
             .collect())
     }
 
@@ -375,6 +377,9 @@ impl Teams {
             .await?
             .filter(|i| i.team_id == team_id && i.status == InviteStatus::Pending)
             .ok_or(TeamError::NotFound)?;
+        if !rules::can_invite(role, invite.role) {
+            return Err(TeamError::Forbidden("an admin revokes member invites only"));
+        }
         invite.status = InviteStatus::Revoked;
         self.store.put_invite(&invite).await?;
         self.event(
@@ -500,6 +505,8 @@ impl Teams {
             .key(key_id)
             .await?
             .filter(|k| k.team_id.as_deref() == Some(team_id) && k.status != KeyStatus::Deleted)
+            // A member sees only keys assigned to them (A3: 404 otherwise).
+            .filter(|k| rules::can_manage_keys(role) || k.member_id == actor)
             .ok_or(TeamError::NotFound)?;
         if !rules::can_manage_keys(role) {
             return Err(TeamError::Forbidden("members cannot delete team keys"));
@@ -547,10 +554,33 @@ impl Teams {
     /// D1, in order: keys stop, in-flight requests settle, members are
     /// removed (L3), invites revoked, the balance goes to the Owner.
     pub async fn delete(&self, team_id: &str, actor: &str) -> Result<Nanos> {
-        let (team, role) = self.role_of(team_id, actor).await?;
-        if !rules::can_delete_team(role) {
-            return Err(TeamError::Forbidden("only the owner deletes the team"));
-        }
+        let transfer = {
+            let _g = self.changes.lock().await;
+            let (mut team, role) = self.role_of(team_id, actor).await?;
+            if !rules::can_delete_team(role) {
+                return Err(TeamError::Forbidden("only the owner deletes the team"));
+            }
+            let transfer = TransferRecord {
+                id: ids::new_id("xfer"),
+                from_wallet: team_wallet_id(team_id),
+                to_wallet: user_wallet_id(&team.owner_id),
+                op: TransferOp::DeleteTeam {
+                    team_id: team_id.to_string(),
+                    owner_id: team.owner_id.clone(),
+                },
+                created_at: self.clock.now(),
+            };
+            // Recorded first: from here a crash finishes the deletion at start.
+            self.store.put_transfer(&transfer).await?;
+            // Gone for everyone from here: no join, invite, key or top-up
+            // gets in while in-flight requests settle (a second delete
+            // finds nothing either).
+            team.deleted_at = Some(self.clock.now());
+            self.store.put_team(&team).await?;
+            self.event(team_id, "team.deleted", json!({"owner_id": team.owner_id}))
+                .await;
+            transfer
+        };
         // Keys stop working from the very next request (K5)...
         for key in self.store.team_keys(team_id).await? {
             if key.status != KeyStatus::Deleted {
@@ -562,22 +592,10 @@ impl Teams {
         if wallet.close(self.close_wait).await.is_err() {
             tracing::warn!(
                 team = team_id,
-                "in-flight requests still open after the close wait; paying out what is settled"
+                "in-flight requests still open after the close wait; their reserve stays to settle against"
             );
         }
         let _g = self.changes.lock().await;
-        // A second delete racing this one finds the team gone.
-        self.role_of(team_id, actor).await?;
-        let transfer = TransferRecord {
-            id: ids::new_id("xfer"),
-            from_wallet: team_wallet_id(team_id),
-            to_wallet: user_wallet_id(&team.owner_id),
-            op: TransferOp::DeleteTeam {
-                team_id: team_id.to_string(),
-                owner_id: team.owner_id.clone(),
-            },
-            created_at: self.clock.now(),
-        };
         self.run_transfer(&transfer).await
     }
 

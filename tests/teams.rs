@@ -769,9 +769,15 @@ async fn authorisation_matrix() {
             assert_eq!(r.status().as_u16(), want[i], "{method} {path} as {who:?}");
         }
     }
-    // Team key deletion: only owner/admin, and only keys of this team.
-    for (who, want) in [(Member, 403), (Outsider, 404), (Admin, 204)] {
-        let (id, _) = g.team_key(&team, &owner, None).await;
+    // Team key deletion: only owner/admin. A member gets 403 on a key
+    // assigned to them (they can see it), 404 on one they cannot see.
+    for (who, assigned, want) in [
+        (Member, Some(member.id.as_str()), 403),
+        (Member, None, 404),
+        (Outsider, None, 404),
+        (Admin, None, 204),
+    ] {
+        let (id, _) = g.team_key(&team, &owner, assigned).await;
         let r = g
             .delete(
                 &format!("/api/teams/{team}/keys/{id}"),
@@ -793,4 +799,118 @@ async fn authorisation_matrix() {
             .await;
         assert_eq!(r.status().as_u16(), want, "delete team as {who:?}");
     }
+}
+
+#[tokio::test]
+async fn an_invite_accepted_while_the_team_is_being_deleted_is_gone() {
+    let g = Arc::new(spawn_gateway().await);
+    let (a, _) = g.funded("a@example.com", "10").await;
+    let team = g.team(&a, "T").await;
+    let (j, _) = g.funded("j@example.com", "5").await;
+    let token = g.invite(&team, &a, &j.email, "member").await;
+    let (_, tk) = g.team_key(&team, &a, None).await;
+    // A slow request keeps the deletion waiting for its settlement.
+    let slow = {
+        let (g, tk) = (g.clone(), tk.clone());
+        tokio::spawn(async move {
+            let knobs = [
+                ("x-mock-delay-ms", "800"),
+                ("x-mock-prompt-tokens", "0"),
+                ("x-mock-completion-tokens", "1000"),
+            ];
+            g.chat(&tk, &chat_body("gpt-4o-mini"), &knobs)
+                .await
+                .status()
+        })
+    };
+    wait_until("request in flight", || async {
+        g.mock.upstream.request_count() >= 1
+    })
+    .await;
+    let del = {
+        let (g, team, token) = (g.clone(), team.clone(), a.token.clone());
+        tokio::spawn(async move { g.delete(&format!("/api/teams/{team}"), Some(&token)).await })
+    };
+    wait_until("team marked deleted", || async {
+        g.get(&format!("/api/teams/{team}"), Some(&a.token))
+            .await
+            .status()
+            == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert_eq!(g.accept(&j, &token).await.status(), StatusCode::GONE);
+    assert_eq!(
+        g.team_deposit(&team, "1").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    let r = del.await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["refunded"],
+        usd(10_000_000_000 - 600_000)
+    );
+    assert_eq!(
+        g.balance(&j).await.0,
+        "5.00",
+        "the joiner's money never moved"
+    );
+    assert_eq!(g.reconcile().await["ok"], true);
+}
+
+#[tokio::test]
+async fn a_request_outlasting_the_close_wait_settles_against_its_reserve() {
+    let g = Arc::new(
+        spawn_gateway_with(|c| c.team_close_wait = std::time::Duration::from_millis(100)).await,
+    );
+    let (a, _) = g.funded("a@example.com", "10").await;
+    let team = g.team(&a, "T").await;
+    let (_, tk) = g.team_key(&team, &a, None).await;
+    let slow = {
+        let (g, tk) = (g.clone(), tk.clone());
+        tokio::spawn(async move {
+            let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1000});
+            let knobs = [
+                ("x-mock-delay-ms", "1000"),
+                ("x-mock-prompt-tokens", "0"),
+                ("x-mock-completion-tokens", "1000"),
+            ];
+            g.chat(&tk, &body, &knobs).await.status()
+        })
+    };
+    wait_until("request in flight", || async {
+        g.mock.upstream.request_count() >= 1
+    })
+    .await;
+    let r = g
+        .delete(&format!("/api/teams/{team}"), Some(&a.token))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let refunded = nanos(
+        r.json::<Value>().await.unwrap()["refunded"]
+            .as_str()
+            .unwrap(),
+    );
+    // The open hold's reserve stayed behind.
+    assert!(
+        refunded < 10_000_000_000 && refunded > 9_000_000_000,
+        "{refunded}"
+    );
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    wait_until("settled", || async {
+        g.reconcile().await["holds_total"] == "0.00"
+    })
+    .await;
+    let rec = g.reconcile().await;
+    assert_eq!(rec["ok"], true);
+    // Nothing went negative: owner + what remains of the reserve = 10 - cost.
+    let left = nanos(rec["balances_total"].as_str().unwrap()) - refunded;
+    assert!(
+        left >= 0,
+        "the deleted team's wallet is not in debt: {left}"
+    );
+    assert_eq!(
+        nanos(rec["balances_total"].as_str().unwrap()),
+        10_000_000_000 - 600_000
+    );
 }

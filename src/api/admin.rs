@@ -68,6 +68,7 @@ pub async fn deposit(
     let scope_key = format!("deposit:{idem}");
     let lock = app.locks.get(&scope_key);
     let _guard = lock.lock().await;
+    let _forget = app.locks.forget_on_drop(&scope_key);
     if let Some(done) = app.store.idempotency(&scope_key).await? {
         if done.request_hash != request_hash {
             return Err(ApiError::Conflict(
@@ -121,8 +122,6 @@ pub async fn deposit(
             },
         )
         .await?;
-    drop(_guard);
-    app.locks.release(&scope_key, lock);
     Ok((StatusCode::CREATED, Json(response)).into_response())
 }
 

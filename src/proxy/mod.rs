@@ -174,6 +174,12 @@ async fn phases(
 
     // Body: bounded before it is read whole (P4).
     let body = read_body(&parts.headers, body, app.config.max_body_bytes).await?;
+    // An object, not any JSON: serde would fill `Probe` from an array too.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ProxyError::InvalidRequest(
+            "The request body must be a JSON object of the OpenAI API.",
+        ));
+    }
     let probe: Probe<'_> = serde_json::from_slice(&body).map_err(|_| {
         ProxyError::InvalidRequest("The request body must be a JSON object of the OpenAI API.")
     })?;
@@ -489,17 +495,23 @@ fn relay_stream(
 
 /// `GET /v1/models`: the priced models, for any active key (not billed).
 async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let authorised = match bearer(&headers) {
-        Some(key) => app
-            .keys
-            .lookup(key.as_bytes(), &*app.store, &app.wallets)
-            .await
-            .map(|e| e.status() == KeyStatus::Active)
-            .unwrap_or(false),
-        None => false,
+    // Auth as on every proxied call (K4), without the balance gate: listing
+    // models costs nothing.
+    let key = match bearer(&headers) {
+        Some(k) => k,
+        None => return ProxyError::InvalidKey.into_response(),
     };
-    if !authorised {
-        return ProxyError::InvalidKey.into_response();
+    match app
+        .keys
+        .lookup(key.as_bytes(), &*app.store, &app.wallets)
+        .await
+    {
+        Ok(e) => match e.status() {
+            KeyStatus::Active => {}
+            KeyStatus::Archived => return ProxyError::KeyArchived.into_response(),
+            KeyStatus::Deleted => return ProxyError::InvalidKey.into_response(),
+        },
+        Err(e) => return ProxyError::from(e).into_response(),
     }
     let pricing = app.pricing.load();
     let data: Vec<serde_json::Value> = pricing

@@ -165,6 +165,9 @@ pub struct WalletState {
     close_waiters: Vec<RpcReplyPort<()>>,
     /// Credits and withdrawals on their way to the store.
     money_inflight: u32,
+    /// `seq` when the flush in the air started: its stored balance is
+    /// adopted only if no other write happened since.
+    flush_seq: u64,
     /// Bumped by every write this actor makes to the store; a balance read
     /// at another seq may miss one and is not adopted.
     seq: u64,
@@ -259,6 +262,7 @@ impl WalletState {
             return;
         }
         self.inflight = true;
+        self.flush_seq = self.seq;
         let batch = match self.retry.take() {
             Some(batch) => batch,
             None => {
@@ -330,6 +334,7 @@ impl Actor for WalletActor {
             closed: false,
             close_waiters: Vec::new(),
             money_inflight: 0,
+            flush_seq: 0,
             seq: 0,
         };
         state
@@ -406,7 +411,18 @@ impl Actor for WalletActor {
             } => {
                 let (paid, promo) = match rule {
                     WithdrawRule::MovablePaid => (state.ledger.movable_paid(), Nanos::ZERO),
-                    WithdrawRule::Everything => (state.ledger.paid, state.ledger.promo),
+                    // Holds still open (a request outlasting the close
+                    // wait) keep their reserve here to settle against.
+                    WithdrawRule::Everything => {
+                        let promo = state.ledger.promo;
+                        let reserve = (state.ledger.held - promo.max(Nanos::ZERO)).max(Nanos::ZERO);
+                        let paid = if reserve.is_positive() {
+                            (state.ledger.paid - reserve).max(Nanos::ZERO)
+                        } else {
+                            state.ledger.paid
+                        };
+                        (paid, promo)
+                    }
                 };
                 // Taken now: holds admitted from here on cannot spend it.
                 state.money_inflight += 1;
@@ -478,6 +494,10 @@ impl Actor for WalletActor {
                 };
                 state.publish();
                 let _ = reply_to.send(answer);
+            }
+            WalletMsg::Credit { reply_to, .. } if state.closed => {
+                // A deleted team's wallet takes no more money (D1).
+                let _ = reply_to.send(Err(WalletError::Closed));
             }
             WalletMsg::Credit { entry, reply_to } => {
                 state.money_inflight += 1;
@@ -562,17 +582,18 @@ impl Actor for WalletActor {
             }
             WalletMsg::FlushDone { batch, stored } => {
                 state.inflight = false;
-                state.seq += 1;
                 if let Some(stored) = stored {
                     state.failing_since = None;
-                    let seq = state.seq;
-                    state.adopt(stored, seq);
+                    let started = state.flush_seq;
+                    state.adopt(stored, started);
+                    state.seq += 1;
                     state.answer_waiters_if_flushed();
                     if !state.pending.is_empty() {
                         let interval = state.args.flush_interval;
                         state.schedule_flush(&myself, interval);
                     }
                 } else {
+                    state.seq += 1;
                     state.failing_since.get_or_insert_with(Instant::now);
                     state.retry = Some(batch);
                     let backoff = (state.args.flush_interval * 10).min(Duration::from_millis(500));

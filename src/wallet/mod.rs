@@ -54,6 +54,16 @@ impl WalletHandle {
     /// B6: reserve `amount` for `request_id`. The returned `Hold` must be
     /// settled; dropped unsettled, it releases itself.
     pub async fn hold(&self, request_id: u64, amount: Nanos) -> Result<Hold, WalletError> {
+        // The guard exists before the message is sent: if this future is
+        // dropped while waiting (the client went away), or the hold is
+        // refused, its `Drop` sends `Release`, which the mailbox delivers
+        // after the `Hold` (a release of an unknown id is a no-op). So no
+        // path can leave a reservation behind.
+        let guard = Hold {
+            wallet: self.clone(),
+            request_id,
+            open: true,
+        };
         let r = self
             .actor
             .call(
@@ -66,11 +76,7 @@ impl WalletHandle {
             )
             .await;
         answer(r)??;
-        Ok(Hold {
-            wallet: self.clone(),
-            request_id,
-            open: true,
-        })
+        Ok(guard)
     }
 
     /// Durable first, then applied (deposits, transfers in).
