@@ -64,6 +64,9 @@ use wallet::WalletRegistry;
 
 pub use server::{start, Running};
 
+/// How long a wallet's actor may sit unused before it is stopped.
+pub const WALLET_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Everything a request handler can reach. Built once, shared by `Arc`.
 pub struct App {
     pub config: Config,
@@ -144,6 +147,19 @@ impl App {
         if finished > 0 {
             tracing::warn!(finished, "finished transfers interrupted by the last stop");
         }
+        // Stop wallet actors nobody used for a while (their memory goes;
+        // the next use starts them again from the store).
+        let app = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(WALLET_IDLE_AFTER / 2).await;
+                let Some(a) = app.upgrade() else { break };
+                let stopped = a.wallets.stop_idle(WALLET_IDLE_AFTER).await;
+                if stopped > 0 {
+                    tracing::debug!(stopped, "stopped idle wallet actors");
+                }
+            }
+        });
         if let Some(mut changes) = self.store.subscribe() {
             let app = Arc::downgrade(self);
             tokio::spawn(async move {

@@ -10,7 +10,7 @@
 //! never appears that the store does not have.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,10 @@ use crate::store::{
 #[derive(Debug, Default)]
 pub struct WalletShared {
     pub suspended: AtomicBool,
+    /// The last batch number used. Here, not in the actor's state, so an
+    /// actor restarted after an idle stop does not reuse a batch id (the
+    /// store would take the new batch for a replay and drop it).
+    pub batch_seq: AtomicU64,
 }
 
 impl WalletShared {
@@ -122,6 +126,13 @@ pub enum WalletMsg {
         /// The stored balance after the batch, or `None` if it failed.
         stored: Option<WalletBalance>,
     },
+    /// The registry's idle sweep (`WalletRegistry::stop_idle`): stop if
+    /// nothing was asked of this wallet for `idle_after` and nothing is
+    /// held, unwritten or on its way to the store; answers whether it stops.
+    StopIfIdle {
+        idle_after: Duration,
+        reply_to: RpcReplyPort<bool>,
+    },
     /// Another instance changed the stored balance: re-read it.
     Resync,
     ResyncDone {
@@ -159,7 +170,6 @@ pub struct WalletState {
     inflight: bool,
     flush_scheduled: bool,
     failing_since: Option<Instant>,
-    batch_seq: u64,
     waiters: Vec<RpcReplyPort<Result<(), WalletError>>>,
     closed: bool,
     close_waiters: Vec<RpcReplyPort<()>>,
@@ -171,6 +181,8 @@ pub struct WalletState {
     /// Bumped by every write this actor makes to the store; a balance read
     /// at another seq may miss one and is not adopted.
     seq: u64,
+    /// When the last message other than an idle check arrived.
+    last_active: Instant,
 }
 
 impl WalletState {
@@ -266,11 +278,11 @@ impl WalletState {
         let batch = match self.retry.take() {
             Some(batch) => batch,
             None => {
-                self.batch_seq += 1;
+                let batch_seq = self.args.shared.batch_seq.fetch_add(1, Ordering::Relaxed) + 1;
                 WalletBatch {
                     batch_id: format!(
                         "{}:{:016x}:{}",
-                        self.args.wallet_id, self.args.nonce, self.batch_seq
+                        self.args.wallet_id, self.args.nonce, batch_seq
                     ),
                     wallet_id: self.args.wallet_id.to_string(),
                     entries: std::mem::take(&mut self.pending),
@@ -329,13 +341,13 @@ impl Actor for WalletActor {
             inflight: false,
             flush_scheduled: false,
             failing_since: None,
-            batch_seq: 0,
             waiters: Vec::new(),
             closed: false,
             close_waiters: Vec::new(),
             money_inflight: 0,
             flush_seq: 0,
             seq: 0,
+            last_active: Instant::now(),
         };
         state
             .args
@@ -351,7 +363,30 @@ impl Actor for WalletActor {
         msg: WalletMsg,
         state: &mut WalletState,
     ) -> Result<(), ActorProcessingErr> {
+        if let WalletMsg::StopIfIdle {
+            idle_after,
+            reply_to,
+        } = msg
+        {
+            let idle = state.last_active.elapsed() >= idle_after
+                && state.holds.is_empty()
+                && state.pending.is_empty()
+                && state.retry.is_none()
+                && !state.inflight
+                && state.money_inflight == 0
+                && state.waiters.is_empty()
+                // A closing wallet keeps its `closed` flag in memory only.
+                && !state.closed
+                && state.close_waiters.is_empty();
+            let _ = reply_to.send(idle);
+            if idle {
+                myself.stop(Some("idle".into()));
+            }
+            return Ok(());
+        }
+        state.last_active = Instant::now();
         match msg {
+            WalletMsg::StopIfIdle { .. } => {}
             WalletMsg::Hold {
                 request_id,
                 amount,

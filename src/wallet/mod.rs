@@ -30,12 +30,12 @@ pub fn team_wallet_id(team_id: &str) -> String {
     format!("team:{team_id}")
 }
 
-/// A cheap, cloneable handle to a running wallet actor.
+/// A cheap, cloneable handle to a wallet, valid across its actor's idle
+/// stops and restarts: key cache entries keep it for as long as they live.
 #[derive(Clone)]
 pub struct WalletHandle {
     pub id: Arc<str>,
-    actor: ActorRef<WalletMsg>,
-    shared: Arc<WalletShared>,
+    slot: Arc<registry::Slot>,
 }
 
 fn answer<T>(r: Result<CallResult<T>, impl std::fmt::Debug>) -> Result<T, WalletError> {
@@ -45,10 +45,36 @@ fn answer<T>(r: Result<CallResult<T>, impl std::fmt::Debug>) -> Result<T, Wallet
     }
 }
 
+/// Whether a call's failure means the actor was gone (stopped while idle,
+/// or just stopping): the message was not handled, so it may be sent again
+/// to a restarted actor.
+fn gone<T, M>(r: &Result<CallResult<T>, ractor::MessagingErr<M>>) -> bool {
+    matches!(r, Err(_) | Ok(CallResult::SenderError))
+}
+
 impl WalletHandle {
     /// B2: read on every request, without messaging the actor.
     pub fn is_suspended(&self) -> bool {
-        self.shared.is_suspended()
+        self.slot.shared.is_suspended()
+    }
+
+    /// The running actor, restarted (balance reloaded) if it was stopped.
+    async fn actor(&self) -> Result<ActorRef<WalletMsg>, WalletError> {
+        self.slot.actor(&self.id).await
+    }
+
+    /// `call` the actor; if it turns out to have stopped, once more on a
+    /// restarted one (a freshly started actor is not idle).
+    async fn call<T: Send + 'static>(
+        &self,
+        msg: impl Fn(ractor::RpcReplyPort<T>) -> WalletMsg,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<T, WalletError> {
+        let r = self.actor().await?.call(&msg, timeout).await;
+        if !gone(&r) {
+            return answer(r);
+        }
+        answer(self.actor().await?.call(&msg, timeout).await)
     }
 
     /// B6: reserve `amount` for `request_id`. The returned `Hold` must be
@@ -58,35 +84,38 @@ impl WalletHandle {
         // dropped while waiting (the client went away), or the hold is
         // refused, its `Drop` sends `Release`, which the mailbox delivers
         // after the `Hold` (a release of an unknown id is a no-op). So no
-        // path can leave a reservation behind.
-        let guard = Hold {
+        // path can leave a reservation behind. The hold is settled with the
+        // actor that admitted it, which does not stop while holds are open.
+        let mut guard = Hold {
             wallet: self.clone(),
+            actor: self.actor().await?,
             request_id,
             open: true,
         };
-        let r = self
-            .actor
-            .call(
-                |reply_to| WalletMsg::Hold {
-                    request_id,
-                    amount,
-                    reply_to,
-                },
-                None,
-            )
-            .await;
+        let msg = |reply_to| WalletMsg::Hold {
+            request_id,
+            amount,
+            reply_to,
+        };
+        let mut r = guard.actor.call(msg, None).await;
+        if gone(&r) {
+            guard.actor = self.actor().await?;
+            r = guard.actor.call(msg, None).await;
+        }
         answer(r)??;
         Ok(guard)
     }
 
     /// Durable first, then applied (deposits, transfers in).
     pub async fn credit(&self, entry: LedgerEntry) -> Result<Credited, WalletError> {
-        let entry = Box::new(entry);
-        let r = self
-            .actor
-            .call(|reply_to| WalletMsg::Credit { entry, reply_to }, None)
-            .await;
-        answer(r)?
+        self.call(
+            |reply_to| WalletMsg::Credit {
+                entry: Box::new(entry.clone()),
+                reply_to,
+            },
+            None,
+        )
+        .await?
     }
 
     /// A transfer out under `entry_id` (idempotent: a retry answers the
@@ -97,47 +126,54 @@ impl WalletHandle {
         rule: WithdrawRule,
         reference: String,
     ) -> Result<Nanos, WalletError> {
-        let r = self
-            .actor
-            .call(
-                |reply_to| WalletMsg::Withdraw {
-                    entry_id,
-                    rule,
-                    reference,
-                    reply_to,
-                },
-                None,
-            )
-            .await;
-        answer(r)?
+        self.call(
+            |reply_to| WalletMsg::Withdraw {
+                entry_id: entry_id.clone(),
+                rule,
+                reference: reference.clone(),
+                reply_to,
+            },
+            None,
+        )
+        .await?
     }
 
-    /// Re-read the stored balance (another instance changed it).
+    /// Re-read the stored balance (another instance changed it). A stopped
+    /// actor is started instead: it loads the balance, and publishes the
+    /// suspended flag the gate reads without it.
     pub fn resync(&self) {
-        let _ = self.actor.cast(WalletMsg::Resync);
+        match self.slot.running() {
+            Some(actor) => {
+                let _ = actor.cast(WalletMsg::Resync);
+            }
+            None => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let _ = me.actor().await;
+                });
+            }
+        }
     }
 
     /// D1: refuse new holds, wait until every outstanding one settled.
     pub async fn close(&self, wait: std::time::Duration) -> Result<(), WalletError> {
-        answer(
-            self.actor
-                .call(|reply_to| WalletMsg::Close { reply_to }, Some(wait))
-                .await,
-        )
+        self.call(|reply_to| WalletMsg::Close { reply_to }, Some(wait))
+            .await
     }
 
     pub async fn snapshot(&self) -> Result<WalletView, WalletError> {
-        answer(
-            self.actor
-                .call(|reply_to| WalletMsg::Snapshot { reply_to }, None)
-                .await,
-        )
+        self.call(|reply_to| WalletMsg::Snapshot { reply_to }, None)
+            .await
     }
 
     /// Wait until everything settled so far is in the store.
     pub async fn flush(&self) -> Result<(), WalletError> {
+        // A stopped actor had nothing left to write.
+        let Some(actor) = self.slot.running() else {
+            return Ok(());
+        };
         answer(
-            self.actor
+            actor
                 .call(|reply_to| WalletMsg::FlushNow { reply_to }, None)
                 .await,
         )?
@@ -148,6 +184,8 @@ impl WalletHandle {
 #[must_use = "settle the hold, or drop it to release"]
 pub struct Hold {
     wallet: WalletHandle,
+    /// The actor that admitted the hold: it settles it.
+    actor: ActorRef<WalletMsg>,
     request_id: u64,
     open: bool,
 }
@@ -161,7 +199,7 @@ impl Hold {
     /// actor's mailbox now: anything asked of the wallet afterwards sees it.
     pub fn settle(mut self, cost: Nanos, reference: String, facts: UsageFacts) {
         self.open = false;
-        let _ = self.wallet.actor.cast(WalletMsg::Settle {
+        let _ = self.actor.cast(WalletMsg::Settle {
             request_id: self.request_id,
             cost,
             reference,
@@ -179,7 +217,7 @@ impl Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         if self.open {
-            let _ = self.wallet.actor.cast(WalletMsg::Release {
+            let _ = self.actor.cast(WalletMsg::Release {
                 request_id: self.request_id,
             });
             crate::metrics::hold_released();

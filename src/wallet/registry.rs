@@ -1,19 +1,25 @@
-//! Registry: wallet id -> running actor. Starts an actor on first use,
-//! loading the balance from the store, so every wallet has exactly one
-//! writer in this process.
+//! Registry: wallet id -> slot (the wallet's actor while it runs). Starts
+//! an actor on first use, loading the balance from the store, so every
+//! wallet has exactly one writer in this process; stops actors idle for a
+//! while (`stop_idle`), and starts them again on demand.
 //!
-//! DashMap of `OnceCell`s, not a `Mutex<HashMap>`: the hot path reads it
-//! without a global lock, and two first uses of one wallet race only on
-//! that wallet's cell, which lets exactly one of them start the actor.
+//! DashMap of slots, not a `Mutex<HashMap>`: the hot path reads it without
+//! a global lock. A slot's (re)start takes that slot's lock only, which
+//! lets exactly one of two racing first uses start the actor.
+//!
+//! Memory: a running actor costs ~8 KiB (its task, mailbox channels and
+//! state; benches/memory.rs); a stopped one leaves its slot (~200 bytes):
+//! the suspended flag the gate reads and an empty actor cell.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
-use ractor::Actor;
-use tokio::sync::OnceCell;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef, ActorStatus};
 
-use super::actor::{WalletActor, WalletArgs, WalletShared};
+use super::actor::{WalletActor, WalletArgs, WalletMsg, WalletShared};
 use super::ledger::{Ledger, WalletError};
 use super::WalletHandle;
 use crate::clock::Clock;
@@ -21,12 +27,90 @@ use crate::money::Nanos;
 use crate::store::Store;
 
 pub struct WalletRegistry {
-    wallets: DashMap<Arc<str>, Arc<OnceCell<WalletHandle>>>,
+    wallets: DashMap<Arc<str>, Arc<Slot>>,
+    spawner: Arc<Spawner>,
+}
+
+/// What starting an actor needs; shared by the registry and every slot.
+pub(crate) struct Spawner {
     store: Arc<dyn Store>,
     threshold: Nanos,
     flush_interval: Duration,
     nonce: u64,
     clock: Arc<dyn Clock>,
+}
+
+/// One wallet: its actor while it runs, and what outlives the actor.
+pub(crate) struct Slot {
+    pub(crate) shared: Arc<WalletShared>,
+    actor: ArcSwapOption<ActorRef<WalletMsg>>,
+    starting: tokio::sync::Mutex<()>,
+    spawner: Arc<Spawner>,
+}
+
+fn is_running(a: &ActorRef<WalletMsg>) -> bool {
+    matches!(
+        a.get_status(),
+        ActorStatus::Unstarted
+            | ActorStatus::Starting
+            | ActorStatus::Running
+            | ActorStatus::Upgrading
+    )
+}
+
+impl Slot {
+    /// The actor, if it runs.
+    pub(crate) fn running(&self) -> Option<ActorRef<WalletMsg>> {
+        self.actor
+            .load()
+            .as_deref()
+            .filter(|a| is_running(a))
+            .cloned()
+    }
+
+    /// The running actor, started if need be (one start at a time).
+    pub(crate) async fn actor(&self, id: &Arc<str>) -> Result<ActorRef<WalletMsg>, WalletError> {
+        if let Some(a) = self.running() {
+            return Ok(a);
+        }
+        let _one = self.starting.lock().await;
+        if let Some(a) = self.running() {
+            return Ok(a);
+        }
+        // A stopped actor had written everything and held nothing, so the
+        // stored balance is the whole truth.
+        let a = self.spawner.spawn(id, self.shared.clone()).await?;
+        self.actor.store(Some(Arc::new(a.clone())));
+        Ok(a)
+    }
+}
+
+impl Spawner {
+    async fn spawn(
+        &self,
+        wallet_id: &Arc<str>,
+        shared: Arc<WalletShared>,
+    ) -> Result<ActorRef<WalletMsg>, WalletError> {
+        let balance = self.store.wallet(wallet_id).await.map_err(|e| {
+            tracing::warn!(wallet = %wallet_id, error = %e, "cannot load wallet");
+            WalletError::Unavailable
+        })?;
+        let args = WalletArgs {
+            wallet_id: wallet_id.clone(),
+            ledger: Ledger::new(balance.paid, balance.promo, self.threshold),
+            shared,
+            store: self.store.clone(),
+            flush_interval: self.flush_interval,
+            max_flush_failure: Duration::from_secs(5),
+            nonce: self.nonce,
+            clock: self.clock.clone(),
+        };
+        let (actor, _join) = Actor::spawn(None, WalletActor, args).await.map_err(|e| {
+            tracing::error!(wallet = %wallet_id, error = %e, "cannot start wallet actor");
+            WalletError::Unavailable
+        })?;
+        Ok(actor)
+    }
 }
 
 impl WalletRegistry {
@@ -39,71 +123,101 @@ impl WalletRegistry {
     ) -> WalletRegistry {
         WalletRegistry {
             wallets: DashMap::new(),
-            store,
-            threshold,
-            flush_interval,
-            nonce,
-            clock,
+            spawner: Arc::new(Spawner {
+                store,
+                threshold,
+                flush_interval,
+                nonce,
+                clock,
+            }),
         }
     }
 
     pub fn threshold(&self) -> Nanos {
-        self.threshold
+        self.spawner.threshold
     }
 
-    /// The wallet's actor, started (and its balance loaded) if need be.
+    /// The wallet's handle, its actor started (and its balance loaded) if
+    /// need be.
     pub async fn get(&self, wallet_id: &str) -> Result<WalletHandle, WalletError> {
-        let cell = match self.wallets.get(wallet_id) {
-            Some(c) => c.clone(),
-            None => self
-                .wallets
-                .entry(Arc::from(wallet_id))
-                .or_default()
-                .clone(),
+        let found = self
+            .wallets
+            .get(wallet_id)
+            .map(|e| (e.key().clone(), e.value().clone()));
+        let (id, slot) = match found {
+            Some(found) => found,
+            None => {
+                let e = self.wallets.entry(Arc::from(wallet_id)).or_insert_with(|| {
+                    Arc::new(Slot {
+                        shared: Arc::new(WalletShared::default()),
+                        actor: ArcSwapOption::empty(),
+                        starting: tokio::sync::Mutex::new(()),
+                        spawner: self.spawner.clone(),
+                    })
+                });
+                (e.key().clone(), e.value().clone())
+            }
         };
-        cell.get_or_try_init(|| self.start(wallet_id))
-            .await
-            .cloned()
-    }
-
-    async fn start(&self, wallet_id: &str) -> Result<WalletHandle, WalletError> {
-        let balance = self.store.wallet(wallet_id).await.map_err(|e| {
-            tracing::warn!(wallet = wallet_id, error = %e, "cannot load wallet");
-            WalletError::Unavailable
-        })?;
-        let id: Arc<str> = Arc::from(wallet_id);
-        let shared = Arc::new(WalletShared::default());
-        let args = WalletArgs {
-            wallet_id: id.clone(),
-            ledger: Ledger::new(balance.paid, balance.promo, self.threshold),
-            shared: shared.clone(),
-            store: self.store.clone(),
-            flush_interval: self.flush_interval,
-            max_flush_failure: Duration::from_secs(5),
-            nonce: self.nonce,
-            clock: self.clock.clone(),
-        };
-        let (actor, _join) = Actor::spawn(None, WalletActor, args).await.map_err(|e| {
-            tracing::error!(wallet = wallet_id, error = %e, "cannot start wallet actor");
-            WalletError::Unavailable
-        })?;
-        Ok(WalletHandle { id, actor, shared })
+        slot.actor(&id).await?;
+        Ok(WalletHandle { id, slot })
     }
 
     /// Another instance changed this wallet's stored balance: the running
     /// actor (if any) re-reads it.
     pub fn resync(&self, wallet_id: &str) {
-        if let Some(w) = self.wallets.get(wallet_id).and_then(|c| c.get().cloned()) {
-            w.resync();
+        if let Some((id, slot)) = self
+            .wallets
+            .get(wallet_id)
+            .map(|e| (e.key().clone(), e.value().clone()))
+        {
+            WalletHandle { id, slot }.resync();
         }
     }
 
-    /// Every running wallet.
+    /// Every wallet whose actor runs.
     pub fn running(&self) -> Vec<WalletHandle> {
         self.wallets
             .iter()
-            .filter_map(|e| e.value().get().cloned())
+            .filter(|e| e.value().running().is_some())
+            .map(|e| WalletHandle {
+                id: e.key().clone(),
+                slot: e.value().clone(),
+            })
             .collect()
+    }
+
+    /// Stop every actor that handled nothing for `idle_after` and holds
+    /// nothing unwritten (the actor decides, in its mailbox's order, so a
+    /// message that raced the decision is either handled first or finds the
+    /// actor gone and is sent to a new one). Returns how many stopped.
+    pub async fn stop_idle(&self, idle_after: Duration) -> usize {
+        let slots: Vec<Arc<Slot>> = self.wallets.iter().map(|e| e.value().clone()).collect();
+        let mut stopped = 0;
+        for slot in slots {
+            let Some(current) = slot.actor.load_full() else {
+                continue;
+            };
+            let idle = is_running(&current)
+                && matches!(
+                    current
+                        .call(
+                            |reply_to| WalletMsg::StopIfIdle {
+                                idle_after,
+                                reply_to
+                            },
+                            Some(Duration::from_secs(5)),
+                        )
+                        .await,
+                    Ok(CallResult::Success(true))
+                );
+            if idle || !is_running(&current) {
+                // Drop our reference (unless a new actor replaced it): the
+                // stopped actor's memory goes with the last one.
+                slot.actor.compare_and_swap(&current, None);
+                stopped += usize::from(idle);
+            }
+        }
+        stopped
     }
 
     /// Persist everything pending in every wallet (shutdown, reconcile).
