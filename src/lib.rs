@@ -76,7 +76,7 @@ pub struct App {
     pub wallets: Arc<WalletRegistry>,
     pub keys: Arc<KeyCache>,
     pub accounts: Accounts,
-    pub teams: Teams,
+    pub teams: Arc<Teams>,
     pub clock: Arc<dyn Clock>,
     pub upstream: Upstream,
     pub ids: RequestIds,
@@ -110,7 +110,7 @@ impl App {
         );
         App {
             pricing: ArcSwap::from_pointee(pricing),
-            teams: Teams::new(
+            teams: Arc::new(Teams::new(
                 store.clone(),
                 wallets.clone(),
                 keys.clone(),
@@ -118,7 +118,7 @@ impl App {
                 mailer,
                 config.public_url.clone(),
                 config.team_close_wait,
-            ),
+            )),
             wallets,
             keys,
             accounts: Accounts::new(store.clone(), clock.clone(), config.session_ttl),
@@ -174,6 +174,10 @@ impl App {
         }
         let mailer = self.teams.mailer().clone();
         tokio::spawn(mailer.retry_loop(std::time::Duration::from_secs(5)));
+        tokio::spawn(Teams::retry_loop(
+            Arc::downgrade(&self.teams),
+            std::time::Duration::from_secs(30),
+        ));
         // Usage buckets older than 90 days go, now and daily.
         let app = Arc::downgrade(self);
         tokio::spawn(async move {

@@ -599,7 +599,26 @@ impl Teams {
         self.run_transfer(&transfer).await
     }
 
-    /// Finish transfers a crash interrupted (called once at start).
+    /// Hold the membership lock: personal key changes take it so that a key
+    /// cannot be created while its owner joins a team (K2).
+    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.changes.lock().await
+    }
+
+    /// Finish transfers a failed store write left behind, while running
+    /// (every `every`), under the membership lock.
+    pub async fn retry_loop(teams: std::sync::Weak<Self>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(teams) = teams.upgrade() else { break };
+            let _g = teams.changes.lock().await;
+            if let Err(e) = teams.recover().await {
+                tracing::warn!(error = %e, "unfinished transfers still pending; will retry");
+            }
+        }
+    }
+
+    /// Finish transfers a crash interrupted (at start, then by `retry_loop`).
     pub async fn recover(&self) -> Result<usize> {
         let pending = self.store.unfinished_transfers().await?;
         let n = pending.len();

@@ -409,28 +409,36 @@ async fn personal_keys_are_shown_once_and_stored_as_hashes() {
 }
 
 #[tokio::test]
-async fn a_new_key_works_at_once_despite_a_long_negative_cache() {
+async fn a_key_refused_as_unknown_works_once_it_exists() {
     // The negative cache must not outlive the creation of the key it hides.
     let g =
         spawn_gateway_with(|c| c.negative_cache_ttl = std::time::Duration::from_secs(3600)).await;
     let (u, _) = g.funded("a@example.com", "1").await;
-    let r = g
-        .post("/api/keys", Some(&u.token), &json!({"name": "second"}))
-        .await;
-    let key = r.json::<Value>().await.unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let minted = tollgate::auth::mint_key();
+    let r = g.chat(&minted.secret, &chat_body("gpt-4o-mini"), &[]).await;
     assert_eq!(
-        g.chat(&key, &chat_body("gpt-4o-mini"), &[]).await.status(),
-        StatusCode::OK
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "unknown: now negatively cached"
     );
-    assert_eq!(
-        g.chat("tgk_unknown", &chat_body("gpt-4o-mini"), &[])
-            .await
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
+    let record = tollgate::store::KeyRecord {
+        id: "key_late".into(),
+        hash: minted.hash_hex.clone(),
+        prefix: minted.prefix.clone(),
+        name: "late".into(),
+        scope: tollgate::store::KeyScope::Personal,
+        created_by: u.id.clone(),
+        team_id: None,
+        member_id: u.id.clone(),
+        wallet_id: format!("user:{}", u.id),
+        status: tollgate::store::KeyStatus::Active,
+        created_at: chrono::Utc::now(),
+        last_used_at: None,
+    };
+    g.store.put_key(&record).await.unwrap();
+    g.running.app.keys.changed(&*g.store, &record.hash).await;
+    let r = g.chat(&minted.secret, &chat_body("gpt-4o-mini"), &[]).await;
+    assert_eq!(r.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! A property test against a reference model: random sequences of create,
 //! invite + join, leave, remove, role change, delete, deposits, team keys
-//! and proxied requests. After every step, conservation (B8) is exact,
-//! every balance equals the model's, and every key's status is the model's.
+//! and proxied requests. After every step every key's status is the
+//! model's and every request's outcome (200, 401, 402) is the model's; at
+//! the end every balance equals the model's and conservation (B8) is exact.
 
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]

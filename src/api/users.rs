@@ -104,6 +104,7 @@ pub async fn create_key(
     CurrentUser(user): CurrentUser,
     Body(b): Body<NewKeyBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let _exclusive = app.teams.exclusive().await;
     let in_a_team = app.in_a_team(&user.id).await?;
     let (record, minted) = app
         .accounts
@@ -127,6 +128,7 @@ pub async fn delete_key(
     CurrentUser(user): CurrentUser,
     Path(key_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let _exclusive = app.teams.exclusive().await;
     let in_a_team = app.in_a_team(&user.id).await?;
     app.accounts
         .delete_personal_key(&user, &key_id, in_a_team, &app.keys)

@@ -45,6 +45,9 @@ fn answer<T>(r: Result<CallResult<T>, impl std::fmt::Debug>) -> Result<T, Wallet
     }
 }
 
+/// How many times a call is resent to a restarted actor.
+const RESTARTS: usize = 4;
+
 /// Whether a call's failure means the actor was gone (stopped while idle,
 /// or just stopping): the message was not handled, so it may be sent again
 /// to a restarted actor.
@@ -70,11 +73,16 @@ impl WalletHandle {
         msg: impl Fn(ractor::RpcReplyPort<T>) -> WalletMsg,
         timeout: Option<std::time::Duration>,
     ) -> Result<T, WalletError> {
-        let r = self.actor().await?.call(&msg, timeout).await;
-        if !gone(&r) {
-            return answer(r);
+        let mut r = self.actor().await?.call(&msg, timeout).await;
+        // A sweep may stop a just-restarted actor before our message lands;
+        // a few tries make that as unlikely as a lost race can be.
+        for _ in 0..RESTARTS {
+            if !gone(&r) {
+                break;
+            }
+            r = self.actor().await?.call(&msg, timeout).await;
         }
-        answer(self.actor().await?.call(&msg, timeout).await)
+        answer(r)
     }
 
     /// B6: reserve `amount` for `request_id`. The returned `Hold` must be
@@ -98,7 +106,10 @@ impl WalletHandle {
             reply_to,
         };
         let mut r = guard.actor.call(msg, None).await;
-        if gone(&r) {
+        for _ in 0..RESTARTS {
+            if !gone(&r) {
+                break;
+            }
             guard.actor = self.actor().await?;
             r = guard.actor.call(msg, None).await;
         }
