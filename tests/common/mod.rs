@@ -142,6 +142,7 @@ impl Api {
         r.send().await.unwrap()
     }
 
+    /// Sign up `email` and log in.
     pub async fn user(&self, email: &str) -> User {
         let r = self
             .post(
@@ -151,27 +152,7 @@ impl Api {
             )
             .await;
         assert_eq!(r.status(), StatusCode::CREATED);
-        let id = r.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let r = self
-            .post(
-                "/api/sessions",
-                None,
-                &json!({"email": email, "password": "password123"}),
-            )
-            .await;
-        assert_eq!(r.status(), StatusCode::CREATED);
-        let token = r.json::<Value>().await.unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        User {
-            id,
-            email: email.to_string(),
-            token,
-        }
+        self.log_in(email).await
     }
 
     /// A fresh session for an existing user.
