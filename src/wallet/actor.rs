@@ -183,6 +183,8 @@ pub struct WalletState {
     seq: u64,
     /// When the last message other than an idle check arrived.
     last_active: Instant,
+    /// Whether any message other than an idle check arrived yet.
+    used: bool,
 }
 
 impl WalletState {
@@ -348,6 +350,7 @@ impl Actor for WalletActor {
             flush_seq: 0,
             seq: 0,
             last_active: Instant::now(),
+            used: false,
         };
         state
             .args
@@ -368,7 +371,10 @@ impl Actor for WalletActor {
             reply_to,
         } = msg
         {
-            let idle = state.last_active.elapsed() >= idle_after
+            // A fresh actor was started for a message that may still be on
+            // its way: it is not idle before it handled one.
+            let idle = state.used
+                && state.last_active.elapsed() >= idle_after
                 && state.holds.is_empty()
                 && state.pending.is_empty()
                 && state.retry.is_none()
@@ -385,6 +391,7 @@ impl Actor for WalletActor {
             return Ok(());
         }
         state.last_active = Instant::now();
+        state.used = true;
         match msg {
             WalletMsg::StopIfIdle { .. } => {}
             WalletMsg::Hold {
