@@ -48,11 +48,7 @@ fn entry(id: String, wallet: &str, kind: EntryKind, paid: i64, reference: &str) 
 }
 
 async fn apply(store: &dyn Store, e: LedgerEntry) {
-    let batch = WalletBatch {
-        batch_id: e.id.clone(),
-        wallet_id: e.wallet_id.clone(),
-        entries: vec![e],
-    };
+    let batch = WalletBatch::single(&e);
     store.apply(&batch).await.unwrap();
 }
 

@@ -166,6 +166,18 @@ pub struct WalletBatch {
     pub entries: Vec<LedgerEntry>,
 }
 
+impl WalletBatch {
+    /// One entry alone, under its own id as the batch id: deposits and
+    /// transfers, which must apply at most once per entry.
+    pub fn single(entry: &LedgerEntry) -> WalletBatch {
+        WalletBatch {
+            batch_id: entry.id.clone(),
+            wallet_id: entry.wallet_id.clone(),
+            entries: vec![entry.clone()],
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
     Now,

@@ -485,11 +485,7 @@ impl Actor for WalletActor {
                 let store = state.args.store.clone();
                 let me = myself.clone();
                 tokio::spawn(async move {
-                    let batch = WalletBatch {
-                        batch_id: entry.id.clone(),
-                        wallet_id: entry.wallet_id.clone(),
-                        entries: vec![(*entry).clone()],
-                    };
+                    let batch = WalletBatch::single(&entry);
                     let result = match store.apply(&batch).await {
                         Ok((Applied::Now, _)) => Ok((Applied::Now, Nanos::ZERO - entry.amount())),
                         Ok((Applied::Before, _)) => {
@@ -547,11 +543,7 @@ impl Actor for WalletActor {
                 let store = state.args.store.clone();
                 let me = myself.clone();
                 tokio::spawn(async move {
-                    let batch = WalletBatch {
-                        batch_id: entry.id.clone(),
-                        wallet_id: entry.wallet_id.clone(),
-                        entries: vec![(*entry).clone()],
-                    };
+                    let batch = WalletBatch::single(&entry);
                     let result = store.apply(&batch).await.map(|(a, _)| a).map_err(|e| {
                         tracing::warn!(wallet = %batch.wallet_id, error = %e, "credit not persisted");
                     });
