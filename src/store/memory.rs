@@ -23,7 +23,6 @@ struct Inner {
     keys_by_hash: HashMap<String, String>,
     wallets: HashMap<String, WalletBalance>,
     ledger: HashMap<String, Vec<LedgerEntry>>,
-    entry_ids: HashSet<String>,
     batches: HashSet<String>,
     entries_by_id: HashMap<String, (String, usize)>,
     /// wallet -> (date, key, member) -> counters.
@@ -164,13 +163,15 @@ impl Store for MemoryStore {
                     e.id, e.wallet_id, batch.wallet_id
                 )));
             }
-            if g.entry_ids.contains(&e.id) {
+            if g.entries_by_id.contains_key(&e.id) {
                 return Err(StoreError::Corrupt(format!("entry {} applied twice", e.id)));
             }
         }
         let g = &mut *g;
         g.batches.insert(batch.batch_id.clone());
         let wallet = g.wallets.entry(batch.wallet_id.clone()).or_default();
+        // This wallet's usage rows, looked up once a batch.
+        let mut usage = None;
         for e in &batch.entries {
             wallet.paid += e.paid;
             wallet.promo += e.promo;
@@ -184,14 +185,15 @@ impl Store for MemoryStore {
                 if let Some(k) = g.keys.get_mut(&u.key_id) {
                     k.last_used_at = k.last_used_at.max(Some(e.at));
                 }
-                g.usage
-                    .entry(batch.wallet_id.clone())
-                    .or_default()
-                    .entry((e.at.date_naive(), u.key_id.clone(), u.member_id.clone()))
+                let days = match usage.take() {
+                    Some(d) => d,
+                    None => g.usage.entry(batch.wallet_id.clone()).or_default(),
+                };
+                days.entry((e.at.date_naive(), u.key_id.clone(), u.member_id.clone()))
                     .or_default()
                     .add(&u.usage, Nanos::ZERO - e.amount());
+                usage = Some(days);
             }
-            g.entry_ids.insert(e.id.clone());
         }
         let ledger = g.ledger.entry(batch.wallet_id.clone()).or_default();
         for e in &batch.entries {

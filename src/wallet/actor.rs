@@ -420,7 +420,7 @@ impl Actor for WalletActor {
                 let held = state.holds.remove(&request_id).unwrap_or(Nanos::ZERO);
                 let debit = state.ledger.settle(held, cost);
                 state.pending.push(LedgerEntry {
-                    id: format!("stl:{:016x}:{request_id}", state.args.nonce),
+                    id: settlement_id(state.args.nonce, request_id),
                     wallet_id: state.args.wallet_id.to_string(),
                     kind: EntryKind::Settlement,
                     paid: Nanos::ZERO - debit.paid,
@@ -636,5 +636,45 @@ impl Actor for WalletActor {
             }
         }
         Ok(())
+    }
+}
+
+/// `stl:{nonce:016x}:{request_id}`, the settlement's ledger id, built
+/// without `format!` (it runs on every settlement).
+fn settlement_id(nonce: u64, request_id: u64) -> String {
+    let mut s = String::with_capacity(4 + 16 + 1 + 20);
+    s.push_str("stl:");
+    crate::ids::push_hex(&mut s, nonce, 16);
+    s.push(':');
+    let mut digits = [0u8; 20];
+    let mut n = request_id;
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    s.extend(digits[at..].iter().map(|&d| char::from(d)));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn settlement_ids_read_as_before() {
+        for (nonce, id) in [
+            (0u64, 0u64),
+            (0xabc, 1),
+            (u64::MAX, u64::MAX),
+            (7, 1_000_000),
+        ] {
+            assert_eq!(
+                super::settlement_id(nonce, id),
+                format!("stl:{nonce:016x}:{id}")
+            );
+        }
     }
 }
