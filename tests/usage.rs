@@ -46,14 +46,23 @@ async fn stats_equal_the_requests_made_json_and_streamed() {
         StatusCode::BAD_GATEWAY
     );
 
-    let keys: Value = g
-        .get("/api/keys", Some(&u.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let keys = || async {
+        let v: Value = g
+            .get("/api/keys", Some(&u.token))
+            .await
+            .json()
+            .await
+            .unwrap();
+        v
+    };
+    // `last_used_at` is written with the settlement, at the wallet's next
+    // flush (every 2 ms here).
+    wait_until("last_used_at after a flush", || async {
+        keys().await[0]["last_used_at"].is_string()
+    })
+    .await;
+    let keys = keys().await;
     let key_id = keys[0]["id"].as_str().unwrap();
-    assert!(keys[0]["last_used_at"].is_string());
     let s = usage(&g, &format!("/api/keys/{key_id}/usage"), &u.token).await;
     assert_eq!(s["calls"], 2);
     assert_eq!(s["input_tokens"], 120);

@@ -5,76 +5,71 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum::http::uri::{Authority, PathAndQuery, Scheme};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use super::error::ProxyError;
+use super::h1::{self, Origin, UpstreamBody};
 
-/// hyper-util's pooled client, not reqwest: fewer layers on the hot path,
-/// and the same hyper types on both sides of the proxy.
+/// Idle upstream connections kept per origin, and for how long: under the
+/// 5 s keep-alive of uvicorn (the server of vLLM and SGLang) and nginx's
+/// 75 s, so an upstream rarely closes a connection just as it is reused (a
+/// close that crosses a request fails it with 502; a POST is not retried,
+/// since the upstream may have acted on it). A pooled connection whose
+/// close has already arrived is noticed and not used.
+const MAX_IDLE_PER_ORIGIN: usize = 1024;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The upstream side of the proxy: upstream URLs parsed once, each with
+/// its pool of keep-alive connections (`h1`), and the header rules of P6.
 pub struct Upstream {
-    client: Client<HttpConnector, Full<Bytes>>,
     auth: Option<HeaderValue>,
     read_timeout: Duration,
+    connect_timeout: Duration,
     /// Upstream base URLs seen so far, parsed once (see `Base`).
     bases: ArcSwap<Vec<Arc<Base>>>,
 }
 
-/// A parsed upstream base URL (scheme and authority, no path), with the
-/// `Host` header it implies. Formatting and parsing `base + path` on every
-/// request, and hyper-util formatting a `Host` header from it, cost ~3,000
-/// instructions a request (callgrind, BENCHMARKS.md); with this a request
-/// clones two `Bytes` and validates a static path.
-struct Base {
+/// A parsed upstream base URL: where to connect, the path prefix, and the
+/// `Host` header, with the origin's connection pool.
+pub struct Base {
     text: String,
-    scheme: Scheme,
-    authority: Authority,
+    /// The base URL's path without its trailing `/` ("" for none).
+    prefix: String,
     host: HeaderValue,
+    origin: Arc<Origin>,
 }
 
 /// Distinct bases remembered at most (pricing reloads may add some); past
-/// it, a base is parsed per request as before.
+/// it, a base is parsed per request and its connections are not pooled.
 const MAX_BASES: usize = 64;
 
 impl Base {
-    /// `None` for a base that has a path or query: those are joined as text.
-    fn parse(text: &str) -> Option<Base> {
+    /// `None` unless `text` is a plain `http://` URL without a query.
+    fn parse(text: &str, connect_timeout: Duration) -> Option<Base> {
         let uri: Uri = text.parse().ok()?;
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        if uri.scheme_str() != Some("http") || uri.query().is_some() {
             return None;
         }
-        let scheme = uri.scheme()?.clone();
-        let authority = uri.authority()?.clone();
-        // As hyper-util writes it: the host, and the port unless default.
-        let default_port = match scheme.as_str() {
-            "http" => Some(80),
-            "https" => Some(443),
-            _ => None,
-        };
+        let authority = uri.authority()?;
+        let host_name = authority.host();
+        let port = authority.port_u16().unwrap_or(80);
+        // The host, and the port unless it is the default.
         let host = match authority.port_u16() {
-            Some(p) if Some(p) != default_port => format!("{}:{p}", authority.host()),
-            _ => authority.host().to_string(),
+            Some(p) if p != 80 => format!("{host_name}:{p}"),
+            _ => host_name.to_string(),
         };
         Some(Base {
             text: text.to_string(),
-            scheme,
-            authority,
+            prefix: uri.path().trim_end_matches('/').to_string(),
             host: HeaderValue::from_str(&host).ok()?,
+            origin: Arc::new(Origin::new(
+                format!("{host_name}:{port}"),
+                MAX_IDLE_PER_ORIGIN,
+                IDLE_TIMEOUT,
+                connect_timeout,
+            )),
         })
-    }
-
-    fn uri(&self, path: &'static str) -> Option<Uri> {
-        let mut parts = axum::http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(PathAndQuery::from_static(path));
-        Uri::from_parts(parts).ok()
     }
 }
 
@@ -90,38 +85,37 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// An upstream's answer: its head, and its body still to be read.
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: UpstreamBody,
+}
+
 impl Upstream {
     pub fn new(
         api_key: Option<&str>,
         connect_timeout: Duration,
         read_timeout: Duration,
     ) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         let auth = api_key.and_then(|k| HeaderValue::from_str(&format!("Bearer {k}")).ok());
         Upstream {
-            client,
             auth: auth.map(|mut v| {
                 v.set_sensitive(true);
                 v
             }),
             read_timeout,
+            connect_timeout,
             bases: ArcSwap::from_pointee(Vec::new()),
         }
     }
 
     /// The parsed form of `base`, parsed on first use.
-    fn base(&self, base: &str) -> Option<Arc<Base>> {
+    pub fn base(&self, base: &str) -> Option<Arc<Base>> {
         if let Some(b) = self.bases.load().iter().find(|b| b.text == base) {
             return Some(b.clone());
         }
-        let parsed = Arc::new(Base::parse(base)?);
+        let parsed = Arc::new(Base::parse(base, self.connect_timeout)?);
         self.bases.rcu(|bases| {
             let mut bases = Vec::clone(bases);
             if bases.len() < MAX_BASES && !bases.iter().any(|b| b.text == base) {
@@ -129,7 +123,18 @@ impl Upstream {
             }
             bases
         });
-        Some(parsed)
+        // Another task may have won the race: use the remembered one.
+        self.bases
+            .load()
+            .iter()
+            .find(|b| b.text == base)
+            .cloned()
+            .or(Some(parsed))
+    }
+
+    /// Idle pooled connections to `base` (tests).
+    pub fn idle_connections(&self, base: &str) -> usize {
+        self.base(base).map_or(0, |b| b.origin.idle_count())
     }
 
     pub fn read_timeout(&self) -> Duration {
@@ -137,69 +142,93 @@ impl Upstream {
     }
 
     /// Send `body` to `base` + `path` with the client's headers, minus its
-    /// key and hop-by-hop headers; waits for the response head at most the
-    /// read timeout.
-    ///
-    /// Takes the client's headers by value and strips them in place: the
-    /// copy into a fresh map it replaces (a clone per header, the map grown
-    /// step by step) was ~4% of a request's instructions (BENCHMARKS.md).
+    /// key, `Host`, `Content-Length`, `Expect` and hop-by-hop headers;
+    /// waits for the response head at most the read timeout.
     pub async fn send(
         &self,
         base: &str,
         path: &'static str,
         mut headers: HeaderMap,
         body: Bytes,
-    ) -> Result<hyper::Response<Incoming>, ProxyError> {
-        let parsed = self.base(base);
-        let uri = match parsed.as_ref().and_then(|b| b.uri(path)) {
-            Some(uri) => uri,
-            None => format!("{base}{path}")
-                .parse()
-                .map_err(|_| ProxyError::Upstream)?,
+    ) -> Result<UpstreamResponse, ProxyError> {
+        let Some(b) = self.base(base) else {
+            tracing::warn!("the upstream URL is not a plain http:// URL");
+            return Err(ProxyError::Upstream);
         };
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .body(Full::new(body))
-            .map_err(|_| ProxyError::Upstream)?;
         strip_hop_by_hop(&mut headers);
-        headers.remove(header::AUTHORIZATION);
-        match parsed {
-            Some(b) => headers.insert(header::HOST, b.host.clone()),
-            // hyper-util writes one from the URI.
-            None => headers.remove(header::HOST),
-        };
-        headers.remove(header::CONTENT_LENGTH);
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(b"POST ");
+        head.extend_from_slice(b.prefix.as_bytes());
+        head.extend_from_slice(path.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        head.extend_from_slice(b.host.as_bytes());
+        head.extend_from_slice(b"\r\n");
         if let Some(auth) = &self.auth {
-            headers.insert(header::AUTHORIZATION, auth.clone());
+            push_header(&mut head, header::AUTHORIZATION.as_str(), auth.as_bytes());
         }
-        *req.headers_mut() = headers;
-        match tokio::time::timeout(self.read_timeout, self.client.request(req)).await {
+        for (name, value) in &headers {
+            if matches!(
+                *name,
+                header::AUTHORIZATION | header::HOST | header::CONTENT_LENGTH | header::EXPECT
+            ) {
+                continue;
+            }
+            push_header(&mut head, name.as_str(), value.as_bytes());
+        }
+        head.extend_from_slice(b"content-length: ");
+        head.extend_from_slice(itoa_u64(body.len() as u64).as_bytes());
+        head.extend_from_slice(b"\r\n\r\n");
+        match tokio::time::timeout(self.read_timeout, h1::exchange(&b.origin, &head, &body)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "upstream request failed");
-                if is_timeout(&e) {
+                if e.is_timeout() {
                     Err(ProxyError::UpstreamTimeout)
                 } else {
                     Err(ProxyError::Upstream)
                 }
             }
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok((status, headers, body))) => Ok(UpstreamResponse {
+                status,
+                headers,
+                body,
+            }),
         }
     }
 }
 
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
+fn push_header(head: &mut Vec<u8>, name: &str, value: &[u8]) {
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
+/// Decimal text of `n` on the stack.
+fn itoa_u64(mut n: u64) -> DecimalText {
+    let mut d = DecimalText {
+        digits: [0; 20],
+        start: 20,
+    };
+    loop {
+        d.start -= 1;
+        d.digits[d.start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return d;
         }
-        source = s.source();
     }
-    false
+}
+
+struct DecimalText {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl DecimalText {
+    fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
+    }
 }
 
 /// Remove, in place, hop-by-hop headers and those the `Connection` header
@@ -227,27 +256,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bases_parse_once_into_the_uri_and_host_hyper_would_use() {
-        let b = Base::parse("http://127.0.0.1:9000").unwrap();
+    fn bases_parse_once_into_the_address_prefix_and_host_hyper_would_use() {
+        let t = Duration::from_secs(1);
+        let b = Base::parse("http://127.0.0.1:9000", t).unwrap();
         assert_eq!(
-            b.uri("/v1/chat/completions").unwrap(),
-            "http://127.0.0.1:9000/v1/chat/completions"
+            (b.prefix.as_str(), b.host.to_str().unwrap()),
+            ("", "127.0.0.1:9000")
         );
-        assert_eq!(b.host, "127.0.0.1:9000");
-        let b = Base::parse("http://user:pw@example.com:80/").unwrap();
+        let b = Base::parse("http://user:pw@example.com:80/", t).unwrap();
         assert_eq!(
-            b.uri("/v1/embeddings").unwrap().to_string(),
-            "http://user:pw@example.com:80/v1/embeddings"
+            (b.prefix.as_str(), b.host.to_str().unwrap()),
+            ("", "example.com")
         );
-        assert_eq!(b.host, "example.com");
-        assert_eq!(Base::parse("http://[::1]:81").unwrap().host, "[::1]:81");
-        // A base with a path is joined as text, as before.
-        assert!(Base::parse("http://example.com/openai").is_none());
-        assert!(Base::parse("not a url").is_none());
-        let up = Upstream::new(None, Duration::from_secs(1), Duration::from_secs(1));
+        assert_eq!(Base::parse("http://[::1]:81", t).unwrap().host, "[::1]:81");
+        let b = Base::parse("http://example.com/openai/", t).unwrap();
+        assert_eq!(
+            (b.prefix.as_str(), b.host.to_str().unwrap()),
+            ("/openai", "example.com")
+        );
+        assert!(Base::parse("https://example.com", t).is_none());
+        assert!(Base::parse("http://example.com/?q=1", t).is_none());
+        assert!(Base::parse("not a url", t).is_none());
+        let up = Upstream::new(None, t, t);
         let first = up.base("http://a:1").unwrap();
         assert!(Arc::ptr_eq(&first, &up.base("http://a:1").unwrap()));
-        assert!(up.base("http://a:1/p").is_none());
+        assert!(up.base("ftp://a:1").is_none());
+        assert_eq!(itoa_u64(0).as_bytes(), b"0");
+        assert_eq!(
+            itoa_u64(u64::MAX).as_bytes(),
+            u64::MAX.to_string().as_bytes()
+        );
     }
 
     #[test]

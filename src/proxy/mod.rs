@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod forward;
+pub mod h1;
 pub mod meter;
 
 use std::borrow::Cow;
@@ -24,7 +25,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 pub use error::ProxyError;
@@ -35,6 +35,7 @@ use crate::pricing::{Pricing, Usage};
 use crate::store::{KeyStatus, UsageFacts};
 use crate::wallet::Hold;
 use crate::App;
+use h1::UpstreamBody;
 use meter::{estimate_tokens, usage_of_json, SseMeter};
 
 /// The billed OpenAI endpoints (P1).
@@ -250,14 +251,14 @@ async fn phases(
         .await?;
     metrics::upstream_latency(route.label(), sent.elapsed());
 
-    let status = upstream.status();
+    let status = upstream.status;
     if status.is_server_error() {
         // P5, U4: not billed; dropping `billing` releases the hold.
         return Err(ProxyError::Upstream);
     }
-    // The upstream's own map, stripped in place (see `Upstream::send`).
-    let (head, upstream_body) = upstream.into_parts();
-    let mut headers = head.headers;
+    // The upstream's own map, stripped in place.
+    let upstream_body = upstream.body;
+    let mut headers = upstream.headers;
     forward::strip_hop_by_hop(&mut headers);
     headers.remove(header::CONTENT_LENGTH);
     let is_sse = headers
@@ -319,7 +320,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     }
 }
 
-async fn read_upstream(body: Incoming, app: &App) -> Result<Bytes, ProxyError> {
+async fn read_upstream(body: UpstreamBody, app: &App) -> Result<Bytes, ProxyError> {
     let read = Limited::new(body, app.config.max_response_bytes).collect();
     match tokio::time::timeout(app.upstream.read_timeout(), read).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
@@ -412,7 +413,7 @@ fn prompt_bytes(body: &[u8]) -> usize {
 /// The streaming relay's state. Dropped before the stream ends (the client
 /// went away), it bills what was produced (U4).
 struct Relay {
-    upstream: Incoming,
+    upstream: UpstreamBody,
     meter: SseMeter,
     billing: Option<Billing>,
     read_timeout: Duration,
@@ -442,7 +443,7 @@ impl Drop for Relay {
 
 /// P2: pass events on as they arrive, reading usage as they pass.
 fn relay_stream(
-    upstream: Incoming,
+    upstream: UpstreamBody,
     billing: Billing,
     inject: bool,
     read_timeout: Duration,
@@ -485,6 +486,11 @@ fn relay_stream(
                     // cut stream, not a clean end.
                     r.billing = None;
                     r.finished = true;
+                    // hyper drops a connection whose body fails together with
+                    // its unflushed writes: when the events before the failure
+                    // were read in the same poll, the client would get nothing
+                    // (not even the head). Going pending once lets it flush.
+                    tokio::task::yield_now().await;
                     return Some((Err(std::io::Error::other("upstream stream failed")), r));
                 }
             }
