@@ -566,3 +566,40 @@ async fn metrics_count_requests_without_key_labels() {
     assert!(text.contains("tollgate_upstream_duration_seconds_bucket"));
     assert!(!text.contains(&key[..12]));
 }
+
+/// The billed POSTs are taken before the router (`server::Front`); what it
+/// does not take still gets the router's answers.
+#[tokio::test]
+async fn only_the_billed_posts_bypass_the_router() {
+    let g = spawn_gateway().await;
+    let (_u, key) = g.funded("front@example.com", "1").await;
+    let get = g
+        .http
+        .get(format!("{}/v1/chat/completions", g.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
+    for path in ["/v1/chat/completions/", "/v1/chat", "/v1/chat/completionsx"] {
+        let r = g
+            .http
+            .post(format!("{}{path}", g.url))
+            .bearer_auth(&key)
+            .json(&chat_body("gpt-4o-mini"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    let with_query = g
+        .http
+        .post(format!("{}/v1/chat/completions?x=1", g.url))
+        .bearer_auth(&key)
+        .json(&chat_body("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_query.status(), StatusCode::OK);
+    assert!(with_query.headers().contains_key("x-request-id"));
+}

@@ -234,6 +234,11 @@ impl DecimalText {
 /// Remove, in place, hop-by-hop headers and those the `Connection` header
 /// names: what is left is end-to-end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually there are none: one pass over the few names present is
+    // cheaper than eight hashed removals (~900 instructions a call).
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)

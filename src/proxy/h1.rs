@@ -155,19 +155,16 @@ impl Conn {
     }
 
     /// Read what is available into `buf`; `Ok(0)` at the connection's end.
+    ///
+    /// Through `AsyncRead::poll_read`, not `try_read_buf`: tokio takes a
+    /// short read as proof the socket is drained and clears its readiness,
+    /// so the next response is awaited without first trying a `recvfrom`
+    /// that can only fail with EAGAIN (one system call a request saved).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
-        loop {
-            match self.io.try_read_buf(&mut self.buf) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.io.poll_read_ready(cx))?;
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
     /// Up to `left` body bytes, as soon as any are there; the connection

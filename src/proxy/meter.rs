@@ -76,7 +76,10 @@ pub fn usage_of_json(body: &[u8]) -> Option<Usage> {
 /// parse, which decides as before.
 fn trailing_usage(body: &[u8]) -> Option<Usage> {
     const KEY: &[u8] = b"\"usage\"";
-    let at = memchr::memmem::rfind(body, KEY)?;
+    // The last `"usage"`, from the end: memchr's two-way `rfind` builds a
+    // searcher per call, dearer than stepping back over the few quotes
+    // that follow `usage` in a response.
+    let at = memchr::memrchr_iter(b'"', body).find(|&i| body[i..].starts_with(KEY))?;
     // An odd run of backslashes escapes the quote: we are inside a string.
     let escapes = body[..at].iter().rev().take_while(|&&b| b == b'\\').count();
     if escapes % 2 == 1 {

@@ -55,6 +55,13 @@ impl Route {
         }
     }
 
+    /// The billed endpoint at `path`, if it is one.
+    pub fn of_path(path: &str) -> Option<Route> {
+        [Route::Chat, Route::Completions, Route::Embeddings]
+            .into_iter()
+            .find(|r| r.path() == path)
+    }
+
     /// Metric label.
     pub fn label(self) -> &'static str {
         match self {
@@ -69,11 +76,13 @@ impl Route {
     }
 }
 
+/// The proxy's routes. In `serve`, the billed `POST`s are taken before
+/// the router (`server::Front`); these serve other callers of the router.
 pub fn router() -> Router<Arc<App>> {
     Router::new()
-        .route("/v1/chat/completions", post(chat))
-        .route("/v1/completions", post(completions))
-        .route("/v1/embeddings", post(embeddings))
+        .route(Route::Chat.path(), post(chat))
+        .route(Route::Completions.path(), post(completions))
+        .route(Route::Embeddings.path(), post(embeddings))
         .route("/v1/models", get(models))
 }
 

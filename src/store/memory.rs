@@ -7,7 +7,7 @@
 //! calls), and one lock makes every batch trivially atomic.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -40,7 +40,7 @@ struct Inner {
 
 #[derive(Default)]
 pub struct MemoryStore {
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
 }
 
 impl MemoryStore {
@@ -49,10 +49,14 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave a half-applied batch
-        // (batches are checked before they are written), so keep serving.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
     }
+}
+
+fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // A panic while holding the lock cannot leave a half-applied batch
+    // (batches are checked before they are written), so keep serving.
+    inner.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[async_trait]
@@ -150,59 +154,16 @@ impl Store for MemoryStore {
     }
 
     async fn apply(&self, batch: &WalletBatch) -> StoreResult<(Applied, WalletBalance)> {
-        let mut g = self.lock();
-        if g.batches.contains(&batch.batch_id) {
-            let after = g.wallets.get(&batch.wallet_id).copied().unwrap_or_default();
-            return Ok((Applied::Before, after));
-        }
-        // Check everything before the first write: a batch applies whole.
-        for e in &batch.entries {
-            if e.wallet_id != batch.wallet_id {
-                return Err(StoreError::Corrupt(format!(
-                    "entry {} is for wallet {}, batch for {}",
-                    e.id, e.wallet_id, batch.wallet_id
-                )));
-            }
-            if g.entries_by_id.contains_key(&e.id) {
-                return Err(StoreError::Corrupt(format!("entry {} applied twice", e.id)));
-            }
-        }
-        let g = &mut *g;
-        g.batches.insert(batch.batch_id.clone());
-        let wallet = g.wallets.entry(batch.wallet_id.clone()).or_default();
-        // This wallet's usage rows, looked up once a batch.
-        let mut usage = None;
-        for e in &batch.entries {
-            wallet.paid += e.paid;
-            wallet.promo += e.promo;
-            g.totals.balances += e.amount();
-            match e.kind {
-                EntryKind::Deposit => g.totals.deposits += e.amount(),
-                EntryKind::Settlement => g.totals.usage -= e.amount(),
-                EntryKind::TransferIn | EntryKind::TransferOut => {}
-            }
-            if let Some(u) = &e.usage {
-                if let Some(k) = g.keys.get_mut(&u.key_id) {
-                    k.last_used_at = k.last_used_at.max(Some(e.at));
-                }
-                let days = match usage.take() {
-                    Some(d) => d,
-                    None => g.usage.entry(batch.wallet_id.clone()).or_default(),
-                };
-                days.entry((e.at.date_naive(), u.key_id.clone(), u.member_id.clone()))
-                    .or_default()
-                    .add(&u.usage, Nanos::ZERO - e.amount());
-                usage = Some(days);
-            }
-        }
-        let ledger = g.ledger.entry(batch.wallet_id.clone()).or_default();
-        for e in &batch.entries {
-            g.entries_by_id
-                .insert(e.id.clone(), (batch.wallet_id.clone(), ledger.len()));
-            ledger.push(e.clone());
-        }
-        let after = g.wallets.get(&batch.wallet_id).copied().unwrap_or_default();
-        Ok((Applied::Now, after))
+        // Off the async workers. Everything stays in memory here, so as a
+        // load test piles up millions of entries a batch sometimes waits
+        // for a map's rehash or the ledger's regrowth (tens to hundreds of
+        // ms, benches/store_apply.rs); on a worker thread that stalled every
+        // request queued behind it (the open-loop p99, BENCHMARKS.md).
+        let inner = self.inner.clone();
+        let batch = batch.clone();
+        tokio::task::spawn_blocking(move || apply_batch(&mut lock(&inner), &batch))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("apply failed: {e}"))))
     }
 
     async fn ledger(&self, wallet_id: &str) -> StoreResult<Vec<LedgerEntry>> {
@@ -411,4 +372,59 @@ impl Store for MemoryStore {
             .insert(scope_key.to_string(), rec.clone());
         Ok(())
     }
+}
+
+/// One batch, whole or not at all (the checks run before the first write).
+fn apply_batch(g: &mut Inner, batch: &WalletBatch) -> StoreResult<(Applied, WalletBalance)> {
+    if g.batches.contains(&batch.batch_id) {
+        let after = g.wallets.get(&batch.wallet_id).copied().unwrap_or_default();
+        return Ok((Applied::Before, after));
+    }
+    // Check everything before the first write: a batch applies whole.
+    for e in &batch.entries {
+        if e.wallet_id != batch.wallet_id {
+            return Err(StoreError::Corrupt(format!(
+                "entry {} is for wallet {}, batch for {}",
+                e.id, e.wallet_id, batch.wallet_id
+            )));
+        }
+        if g.entries_by_id.contains_key(&e.id) {
+            return Err(StoreError::Corrupt(format!("entry {} applied twice", e.id)));
+        }
+    }
+    g.batches.insert(batch.batch_id.clone());
+    let wallet = g.wallets.entry(batch.wallet_id.clone()).or_default();
+    // This wallet's usage rows, looked up once a batch.
+    let mut usage = None;
+    for e in &batch.entries {
+        wallet.paid += e.paid;
+        wallet.promo += e.promo;
+        g.totals.balances += e.amount();
+        match e.kind {
+            EntryKind::Deposit => g.totals.deposits += e.amount(),
+            EntryKind::Settlement => g.totals.usage -= e.amount(),
+            EntryKind::TransferIn | EntryKind::TransferOut => {}
+        }
+        if let Some(u) = &e.usage {
+            if let Some(k) = g.keys.get_mut(&u.key_id) {
+                k.last_used_at = k.last_used_at.max(Some(e.at));
+            }
+            let days = match usage.take() {
+                Some(d) => d,
+                None => g.usage.entry(batch.wallet_id.clone()).or_default(),
+            };
+            days.entry((e.at.date_naive(), u.key_id.clone(), u.member_id.clone()))
+                .or_default()
+                .add(&u.usage, Nanos::ZERO - e.amount());
+            usage = Some(days);
+        }
+    }
+    let ledger = g.ledger.entry(batch.wallet_id.clone()).or_default();
+    for e in &batch.entries {
+        g.entries_by_id
+            .insert(e.id.clone(), (batch.wallet_id.clone(), ledger.len()));
+        ledger.push(e.clone());
+    }
+    let after = g.wallets.get(&batch.wallet_id).copied().unwrap_or_default();
+    Ok((Applied::Now, after))
 }
