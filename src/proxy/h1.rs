@@ -190,15 +190,9 @@ impl Conn {
         let mut got_any = !self.buf.is_empty();
         loop {
             if !self.buf.is_empty() {
-                match parse_head(&self.buf)? {
-                    Parsed::Interim(n) => {
-                        self.buf.advance(n);
-                        continue;
-                    }
-                    Parsed::Final(n, head) => {
-                        self.buf.advance(n);
-                        return Ok(head);
-                    }
+                match parse_head(&mut self.buf)? {
+                    Parsed::Interim => continue,
+                    Parsed::Final(head) => return Ok(head),
                     Parsed::Partial if self.buf.len() > MAX_HEAD => {
                         return Err(H1Error::Malformed("response head too large"));
                     }
@@ -227,12 +221,16 @@ struct Head {
 
 enum Parsed {
     Partial,
-    /// A 1xx head of this many bytes, to skip.
-    Interim(usize),
-    Final(usize, Head),
+    /// A 1xx head, consumed.
+    Interim,
+    /// The final head, consumed.
+    Final(Head),
 }
 
-fn parse_head(buf: &[u8]) -> Result<Parsed, H1Error> {
+/// Parse the head at the start of `buf`; a whole head is consumed. Header
+/// values share the head's bytes instead of copying each out (an
+/// allocation a header).
+fn parse_head(buf: &mut BytesMut) -> Result<Parsed, H1Error> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
     let n = match resp.parse(buf) {
@@ -248,30 +246,37 @@ fn parse_head(buf: &[u8]) -> Result<Parsed, H1Error> {
         return Err(H1Error::Malformed("unexpected protocol switch"));
     }
     if (100..200).contains(&code) {
-        return Ok(Parsed::Interim(n));
+        buf.advance(n);
+        return Ok(Parsed::Interim);
     }
     let status = StatusCode::from_u16(code).map_err(|_| H1Error::Malformed("bad status"))?;
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    let version = resp.version;
+    // Names now; values as offsets into the head, taken once it is split off.
+    let base = buf.as_ptr() as usize;
+    let mut names = Vec::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| H1Error::Malformed("bad header name"))?;
-        let value =
-            HeaderValue::from_bytes(h.value).map_err(|_| H1Error::Malformed("bad header value"))?;
+        let at = h.value.as_ptr() as usize - base;
+        names.push((name, at..at + h.value.len()));
+    }
+    let head = buf.split_to(n).freeze();
+    let mut headers = HeaderMap::with_capacity(names.len());
+    for (name, range) in names {
+        let value = HeaderValue::from_maybe_shared(head.slice(range))
+            .map_err(|_| H1Error::Malformed("bad header value"))?;
         headers.append(name, value);
     }
     let framing = framing(status, &headers)?;
-    let keep_alive = resp.version == Some(1)
+    let keep_alive = version == Some(1)
         && !matches!(framing, Framing::Close)
         && !has_token(&headers, header::CONNECTION, "close");
-    Ok(Parsed::Final(
-        n,
-        Head {
-            status,
-            headers,
-            framing,
-            keep_alive,
-        },
-    ))
+    Ok(Parsed::Final(Head {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    }))
 }
 
 /// Does a comma-separated header list hold `token` (case-insensitive)?
@@ -604,16 +609,19 @@ mod tests {
 
     #[test]
     fn heads_parse_skip_interim_responses_and_decide_keep_alive() {
-        let full = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\nx-a: 2\r\n\r\nhi";
-        let Parsed::Interim(n) = parse_head(full).unwrap() else {
-            panic!("interim")
-        };
-        let Parsed::Final(m, head) = parse_head(&full[n..]).unwrap() else {
+        let parse = |text: &[u8]| parse_head(&mut BytesMut::from(text));
+        let mut full = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\nx-a: 2\r\n\r\nhi"[..],
+        );
+        assert!(matches!(parse_head(&mut full), Ok(Parsed::Interim)));
+        let Parsed::Final(head) = parse_head(&mut full).unwrap() else {
             panic!("final")
         };
-        assert_eq!(&full[n + m..], b"hi");
+        assert_eq!(&full[..], b"hi");
         assert_eq!(head.status, StatusCode::OK);
-        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
+        let values: Vec<&HeaderValue> = head.headers.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(head.headers["content-length"], "2");
         assert!(head.keep_alive);
         for (text, keep) in [
             (
@@ -623,22 +631,22 @@ mod tests {
             (b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false),
             (b"HTTP/1.1 200 OK\r\n\r\n", false),
         ] {
-            let Parsed::Final(_, head) = parse_head(text).unwrap() else {
+            let Parsed::Final(head) = parse(text).unwrap() else {
                 panic!("final")
             };
             assert_eq!(head.keep_alive, keep, "{}", String::from_utf8_lossy(text));
         }
-        assert!(matches!(
-            parse_head(b"HTTP/1.1 200 OK\r\ncontent-len"),
-            Ok(Parsed::Partial)
-        ));
-        assert!(parse_head(b"HTTP/1.1 101 Switching\r\n\r\n").is_err());
-        assert!(parse_head(b"NOT HTTP\r\n\r\n").is_err());
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-len"[..]);
+        assert!(matches!(parse_head(&mut partial), Ok(Parsed::Partial)));
+        assert_eq!(partial.len(), 28, "a partial head is left in place");
+        assert!(parse(b"HTTP/1.1 101 Switching\r\n\r\n").is_err());
+        assert!(parse(b"NOT HTTP\r\n\r\n").is_err());
+        assert!(parse(b"HTTP/1.1 200 OK\r\nx-bad: a\x7fb\r\n\r\n").is_err());
         let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
         for i in 0..=MAX_HEADERS {
             many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        assert!(matches!(parse_head(&many), Err(H1Error::Malformed(_))));
+        assert!(matches!(parse(&many), Err(H1Error::Malformed(_))));
     }
 }
