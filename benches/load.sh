@@ -9,7 +9,9 @@
 #   closed loop  wrk, fixed connections, as fast as possible: throughput
 #   open loop    oha -q RATE --latency-correction: latency at a fixed rate
 #                (a closed loop hides queueing delay)
-# Prints throughput, p50 and p99 for each, and tollgate's ratios to nginx.
+# Prints throughput, p50 and p99 for each, and tollgate's ratios to nginx;
+# for the closed loop also each proxy's CPU time (user + system, from
+# /proc) per request, a steadier measure than throughput on a shared box.
 #
 # Usage: benches/load.sh            (default: ~4 minutes after the build)
 #        LOAD_QUICK=1 benches/load.sh   (one short round of each, ~1 minute)
@@ -115,6 +117,7 @@ UPSTREAM="http://127.0.0.1:$UP_PORT"
 
 "$TOLLGATE" mock-upstream --listen "127.0.0.1:$UP_PORT" >"$OUT/mock.log" 2>&1 &
 PIDS+=($!)
+MOCK_PID=$!
 
 mkdir -p "$WORK/nginx"
 cat >"$WORK/nginx/nginx.conf" <<EOF
@@ -148,6 +151,7 @@ http {
 EOF
 "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$OUT/nginx.log" 2>&1 &
 PIDS+=($!)
+NGINX_PID=$!
 
 TOLLGATE_LISTEN="127.0.0.1:$GW_PORT" \
 TOLLGATE_METRICS_LISTEN="127.0.0.1:$METRICS_PORT" \
@@ -156,6 +160,7 @@ TOLLGATE_OPERATOR_TOKEN="$OPERATOR_TOKEN" \
 TOLLGATE_PRICING=config/pricing.toml \
   "$TOLLGATE" serve >"$OUT/tollgate.log" 2>&1 &
 PIDS+=($!)
+TOLLGATE_PID=$!
 
 wait_http "$UPSTREAM/v1/models"
 wait_http "http://127.0.0.1:$NGINX_PORT/v1/models"
@@ -197,18 +202,38 @@ wrk.headers["Authorization"] = "Bearer $KEY"
 done = function(summary, latency, requests)
   local secs = summary.duration / 1e6
   local e = summary.errors
-  io.write(string.format("RESULT %.1f %.3f %.3f %d %d\n",
+  io.write(string.format("RESULT %.1f %.3f %.3f %d %d %d\n",
     summary.requests / secs, latency:percentile(50) / 1000,
     latency:percentile(99) / 1000, e.status,
-    e.connect + e.read + e.write + e.timeout))
+    e.connect + e.read + e.write + e.timeout, summary.requests))
 end
 EOF
 
-closed() { # target seconds -> "rps p50_ms p99_ms bad"
-  local line
+# CPU time (user + system, clock ticks) of a process and its children
+# (nginx's workers): what one path's proxy spent.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { # pid...
+  local p total=0
+  for p in "$@" $(pgrep -P "$1" 2>/dev/null); do
+    [[ -r /proc/$p/stat ]] && total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+proxy_pid() { # target -> pid of its proxy (none for direct)
+  case $1 in nginx) echo "$NGINX_PID" ;; tollgate) echo "$TOLLGATE_PID" ;; *) echo "" ;; esac
+}
+
+closed() { # target seconds -> "rps p50_ms p99_ms bad proxy_cpu_us_per_req"
+  local line pid before after cpu=-
+  pid=$(proxy_pid "$1")
+  [[ -n "$pid" ]] && before=$(cpu_ticks "$pid")
   line=$(timeout $(($2 + 30)) wrk -t2 -c"$CONNECTIONS" -d"${2}s" -s "$WORK/post.lua" \
     "${URL[$1]}" | grep '^RESULT')
-  awk '{print $2, $3, $4, $5 + $6}' <<<"$line"
+  if [[ -n "$pid" ]]; then
+    after=$(cpu_ticks "$pid")
+    cpu=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" '{printf "%.2f", d * 1e6 / hz / $7}' <<<"$line")
+  fi
+  awk -v cpu="$cpu" '{print $2, $3, $4, $5 + $6, cpu}' <<<"$line"
 }
 
 open_loop() { # target seconds -> "rps p50_ms p99_ms bad"
@@ -225,7 +250,7 @@ open_loop() { # target seconds -> "rps p50_ms p99_ms bad"
 }
 
 RESULTS="$OUT/results.tsv"
-printf 'load\tround\ttarget\trps\tp50_ms\tp99_ms\tbad\n' >"$RESULTS"
+printf 'load\tround\ttarget\trps\tp50_ms\tp99_ms\tbad\tproxy_cpu_us\n' >"$RESULTS"
 
 log "warm-up (${WARMUP_SECONDS}s each)"
 for t in "${TARGETS[@]}"; do closed "$t" "$WARMUP_SECONDS" >/dev/null; done
@@ -238,9 +263,10 @@ for load in closed open; do
       else
         res=$(open_loop "$t" "$SECONDS_PER_RUN")
       fi
-      read -r rps p50 p99 bad <<<"$res"
-      log "$load round $r $t: $rps req/s p50 $p50 ms p99 $p99 ms non-200 $bad"
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$load" "$r" "$t" "$rps" "$p50" "$p99" "$bad" >>"$RESULTS"
+      read -r rps p50 p99 bad cpu <<<"$res"
+      cpu=${cpu:--}
+      log "$load round $r $t: $rps req/s p50 $p50 ms p99 $p99 ms non-200 $bad proxy cpu ${cpu} us/req"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$load" "$r" "$t" "$rps" "$p50" "$p99" "$bad" "$cpu" >>"$RESULTS"
     done
   done
 done
@@ -255,7 +281,7 @@ awk -F'\t' -v rounds="$ROUNDS" '
     for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
     return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
   }
-  NR > 1 { rps[$1,$3,$2] = $4; p50[$1,$3,$2] = $5; p99[$1,$3,$2] = $6; bad[$1,$3] += $7 }
+  NR > 1 { rps[$1,$3,$2] = $4; p50[$1,$3,$2] = $5; p99[$1,$3,$2] = $6; bad[$1,$3] += $7; if ($1 == "closed") cpu[$3,$2] = $8 }
   END {
     split("closed open", loads, " "); split("direct nginx tollgate", ts, " ")
     for (l = 1; l <= 2; l++) {
@@ -278,6 +304,10 @@ awk -F'\t' -v rounds="$ROUNDS" '
         c[r] = p50[L,"tollgate",r] - p50[L,"direct",r]
       }
       printf "%-7s added over direct: tollgate p50 %+.3f ms, p99 %+.3f ms; nginx p99 %+.3f ms\n", "", median(c, rounds), median(a, rounds), median(b, rounds)
+      if (L == "closed") {
+        for (r = 1; r <= rounds; r++) { a[r] = cpu["nginx",r]; b[r] = cpu["tollgate",r]; c[r] = cpu["tollgate",r] / cpu["nginx",r] }
+        printf "%-7s proxy CPU per request (user + system): nginx %.1f us, tollgate %.1f us, tollgate/nginx %.2fx\n", "", median(a, rounds), median(b, rounds), median(c, rounds)
+      }
       if (L == "closed") { split("", x); for (r = 1; r <= rounds; r++) x[r] = rps[L,"tollgate",r] / rps[L,"nginx",r]; tp = median(x, rounds) }
       else { split("", x); for (r = 1; r <= rounds; r++) x[r] = p99[L,"tollgate",r] - p99[L,"direct",r]; added = median(x, rounds) }
     }

@@ -161,7 +161,7 @@ impl Store for MemoryStore {
         // request queued behind it (the open-loop p99, BENCHMARKS.md).
         let inner = self.inner.clone();
         let batch = batch.clone();
-        tokio::task::spawn_blocking(move || apply_batch(&mut lock(&inner), &batch))
+        tokio::task::spawn_blocking(move || apply_batch(&mut lock(&inner), batch))
             .await
             .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("apply failed: {e}"))))
     }
@@ -375,7 +375,9 @@ impl Store for MemoryStore {
 }
 
 /// One batch, whole or not at all (the checks run before the first write).
-fn apply_batch(g: &mut Inner, batch: &WalletBatch) -> StoreResult<(Applied, WalletBalance)> {
+/// Takes the batch's copy made for the blocking thread and keeps its
+/// entries, rather than cloning each again.
+fn apply_batch(g: &mut Inner, batch: WalletBatch) -> StoreResult<(Applied, WalletBalance)> {
     if g.batches.contains(&batch.batch_id) {
         let after = g.wallets.get(&batch.wallet_id).copied().unwrap_or_default();
         return Ok((Applied::Before, after));
@@ -420,10 +422,10 @@ fn apply_batch(g: &mut Inner, batch: &WalletBatch) -> StoreResult<(Applied, Wall
         }
     }
     let ledger = g.ledger.entry(batch.wallet_id.clone()).or_default();
-    for e in &batch.entries {
+    for e in batch.entries {
         g.entries_by_id
             .insert(e.id.clone(), (batch.wallet_id.clone(), ledger.len()));
-        ledger.push(e.clone());
+        ledger.push(e);
     }
     let after = g.wallets.get(&batch.wallet_id).copied().unwrap_or_default();
     Ok((Applied::Now, after))
