@@ -8,12 +8,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tollgate::config::{Config, LogFormat, ProcessEnv};
 
-/// mimalloc, not glibc's malloc: a proxied request makes a few dozen small
-/// allocations (hyper's maps and buffers, the ledger entry), and glibc's
-/// malloc/free were ~11% of its instructions (callgrind, BENCHMARKS.md).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "tollgate",
