@@ -87,12 +87,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
+# Ports below the kernel's ephemeral range (32768+ here), so an outgoing
+# connection's local port is never picked, and distinct within this run.
+TAKEN_PORTS=""
+free_port() { # name: set the variable `name` to a free port
   local p
   for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "$p"
+    p=$((20000 + RANDOM % 12000))
+    if [[ " $TAKEN_PORTS " != *" $p "* ]] && ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      TAKEN_PORTS+=" $p"
+      printf -v "$1" '%s' "$p"
       return
     fi
   done
@@ -109,10 +113,10 @@ wait_http() { # url
   return 1
 }
 
-UP_PORT=$(free_port)
-NGINX_PORT=$(free_port)
-GW_PORT=$(free_port)
-METRICS_PORT=$(free_port)
+free_port UP_PORT
+free_port NGINX_PORT
+free_port GW_PORT
+free_port METRICS_PORT
 UPSTREAM="http://127.0.0.1:$UP_PORT"
 
 "$TOLLGATE" mock-upstream --listen "127.0.0.1:$UP_PORT" >"$OUT/mock.log" 2>&1 &

@@ -43,15 +43,23 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
+# Ports below the kernel's ephemeral range (32768+ here), so an outgoing
+# connection's local port is never picked, and distinct within this run.
+TAKEN_PORTS=""
+free_port() { # name: set the variable `name` to a free port
   local p
   for _ in $(seq 100); do
-    p=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+    p=$((20000 + RANDOM % 12000))
+    if [[ " $TAKEN_PORTS " != *" $p "* ]] && ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      TAKEN_PORTS+=" $p"
+      printf -v "$1" '%s' "$p"
+      return
+    fi
   done
+  echo "no free port" >&2
   return 1
 }
-UP=$(free_port); GWP=$(free_port); MP=$(free_port)
+free_port UP; free_port GWP; free_port MP
 GW="http://127.0.0.1:$GWP"
 OP="profile-operator-$RANDOM$RANDOM"
 
