@@ -415,3 +415,78 @@ async fn an_unreachable_upstream_or_a_non_http_url_is_a_bad_gateway() {
         ProxyError::Upstream
     );
 }
+
+/// An upstream that refuses a large body after its head, without reading
+/// the rest, is answered as soon as it says so (not after the read
+/// timeout), and that connection is not reused.
+#[tokio::test]
+async fn an_early_answer_stops_a_large_body_being_written() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            a.fetch_add(1, Ordering::SeqCst);
+            // Read up to the end of the head, answer, and read no more.
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!";
+            conn.write_all(answer).await.unwrap();
+            held.push(conn); // kept open, never read
+        }
+    });
+    // Far more than the loopback socket buffers take.
+    let body = Bytes::from(vec![b'x'; 64 * 1024 * 1024]);
+    let up = Upstream::new(None, Duration::from_secs(2), Duration::from_secs(30));
+    let send = up.send(&base, "/v1/chat/completions", HeaderMap::new(), body);
+    let r = tokio::time::timeout(Duration::from_secs(20), send)
+        .await
+        .expect("answered before the read timeout")
+        .unwrap();
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.body.collect().await.unwrap().to_bytes(), "too big!");
+    assert_eq!(
+        up.idle_connections(&base),
+        0,
+        "a cut request's connection is not pooled"
+    );
+}
+
+/// A body too large to go out with the head in one write is still sent
+/// whole, and its connection reused.
+#[tokio::test]
+async fn a_large_body_is_sent_whole() {
+    let s = scripted(vec![reply(OK_5), reply(OK_5)]).await;
+    let up = upstream();
+    let body = Bytes::from(
+        (0..3_000_000u32)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    for _ in 0..2 {
+        let r = up
+            .send(
+                &s.base,
+                "/v1/chat/completions",
+                HeaderMap::new(),
+                body.clone(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.body.collect().await.unwrap().to_bytes(), "hello");
+    }
+    let requests = s.requests.lock().unwrap();
+    for request in requests.iter() {
+        assert!(request.ends_with(&body), "the whole body arrived");
+    }
+    assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+}

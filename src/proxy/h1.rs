@@ -167,6 +167,40 @@ impl Conn {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
+    /// Write a large request body, unless the upstream starts answering
+    /// first (an early 413 from a server that stops reading): then stop
+    /// and say so (`false`), rather than wait on a full socket until the
+    /// read timeout. A readiness that turns out stale is cleared and
+    /// writing goes on.
+    async fn write_body(&mut self, body: &[u8]) -> io::Result<bool> {
+        let mut sent = 0;
+        while sent < body.len() {
+            tokio::select! {
+                biased;
+                ready = self.io.readable() => {
+                    ready?;
+                    self.buf.reserve(READ_CHUNK);
+                    match self.io.try_read_buf(&mut self.buf) {
+                        // An answer, or the upstream's close: either way
+                        // the rest of the body is not wanted.
+                        Ok(_) => return Ok(false),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                ready = self.io.writable() => {
+                    ready?;
+                    match self.io.try_write(&body[sent..]) {
+                        Ok(n) => sent += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Up to `left` body bytes, as soon as any are there; the connection
     /// ending first is an error.
     fn poll_data(&mut self, cx: &mut Context<'_>, left: &mut u64) -> Poll<io::Result<Bytes>> {
@@ -268,7 +302,15 @@ fn parse_head(buf: &mut BytesMut) -> Result<Parsed, H1Error> {
         headers.append(name, value);
     }
     let framing = framing(status, &headers)?;
+    // A 204 or 304 that announces a body has no body by rule, but its
+    // sender may still write one: such a connection is not reused.
+    let bodiless_with_length = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+        && (headers.contains_key(header::TRANSFER_ENCODING)
+            || headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0"));
     let keep_alive = version == Some(1)
+        && !bodiless_with_length
         && !matches!(framing, Framing::Close)
         && !has_token(&headers, header::CONNECTION, "close");
     Ok(Parsed::Final(Head {
@@ -353,6 +395,7 @@ pub async fn exchange(
     body: &Bytes,
 ) -> Result<(StatusCode, HeaderMap, UpstreamBody), H1Error> {
     let mut conn = origin.checkout().await?;
+    let mut request_whole = true;
     if body.len() <= COALESCE_BODY {
         let mut out = Vec::with_capacity(head.len() + body.len());
         out.extend_from_slice(head);
@@ -360,9 +403,11 @@ pub async fn exchange(
         conn.io.write_all(&out).await?;
     } else {
         conn.io.write_all(head).await?;
-        conn.io.write_all(body).await?;
+        request_whole = conn.write_body(body).await?;
     }
-    let h = conn.read_head().await?;
+    let mut h = conn.read_head().await?;
+    // A connection whose request was cut short is out of step: not reused.
+    h.keep_alive &= request_whole;
     let done = matches!(h.framing, Framing::Length(0));
     let mut body = UpstreamBody {
         conn: Some(conn),
@@ -630,6 +675,11 @@ mod tests {
             ),
             (b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false),
             (b"HTTP/1.1 200 OK\r\n\r\n", false),
+            (
+                b"HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n",
+                false,
+            ),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", true),
         ] {
             let Parsed::Final(head) = parse(text).unwrap() else {
                 panic!("final")

@@ -74,12 +74,25 @@ pub fn usage_of_json(body: &[u8]) -> Option<Usage> {
 /// `}` of the body, that key sits at the top level. Anything else (no
 /// match, nested `usage`, `null`, another shape) falls back to the full
 /// parse, which decides as before.
+///
+/// serde decodes escapes in names and refuses a repeated field, so the fast
+/// path also stands aside when a name it reads has a `\`, when `"usage"`
+/// appears earlier, or when the text before it has a `\u` escape (which
+/// could spell `usage`). What it does not check is that the text before
+/// the match is well-formed: a malformed body with a well-formed tail is
+/// billed by the usage it reports, where serde would refuse the body and
+/// the bill would be an estimate.
 fn trailing_usage(body: &[u8]) -> Option<Usage> {
     const KEY: &[u8] = b"\"usage\"";
     // The last `"usage"`, from the end: memchr's two-way `rfind` builds a
     // searcher per call, dearer than stepping back over the few quotes
     // that follow `usage` in a response.
     let at = memchr::memrchr_iter(b'"', body).find(|&i| body[i..].starts_with(KEY))?;
+    let before = &body[..at];
+    if memchr::memmem::find(before, KEY).is_some() || memchr::memmem::find(before, b"\\u").is_some()
+    {
+        return None;
+    }
     // An odd run of backslashes escapes the quote: we are inside a string.
     let escapes = body[..at].iter().rev().take_while(|&&b| b == b'\\').count();
     if escapes % 2 == 1 {
@@ -99,7 +112,7 @@ fn trailing_usage(body: &[u8]) -> Option<Usage> {
             }
             b',' => {
                 c.i += 1;
-                c.string()?;
+                c.name()?;
                 c.eat(b':')?;
                 c.skip_value(0)?;
             }
@@ -149,6 +162,13 @@ impl<'a> Cursor<'a> {
                 _ => self.i += 1,
             }
         }
+    }
+
+    /// A member name, refused if it has an escape: serde would decode it
+    /// (`"prompt\u005ftokens"` is `prompt_tokens` to serde).
+    fn name(&mut self) -> Option<&'a [u8]> {
+        let name = self.string()?;
+        (!name.contains(&b'\\')).then_some(name)
     }
 
     /// A non-negative integer that fits a u64, and nothing else (no sign,
@@ -254,7 +274,7 @@ impl<'a> Cursor<'a> {
             return Some(());
         }
         loop {
-            let key = self.string()?;
+            let key = self.name()?;
             self.eat(b':')?;
             f(self, key)?;
             match self.peek()? {
@@ -543,6 +563,13 @@ mod tests {
             r#"{"usage":{"prompt_tokens":null}}"#.to_string(),
             r#"{"usage":{"prompt_tokens":3},"x":tru}"#.to_string(),
             r#"{"usage":{"prompt_tokens":3},"x":[1,]}"#.to_string(),
+            // Names serde decodes, or a field serde sees twice.
+            r#"{"usage":{"prompt\u005ftokens":100,"completion_tokens":5}}"#.to_string(),
+            r#"{"usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached\u005ftokens":4}}}"#
+                .to_string(),
+            r#"{"usage":null,"usage":{"prompt_tokens":5}}"#.to_string(),
+            r#"{"\u0075sage":null,"usage":{"prompt_tokens":5}}"#.to_string(),
+            r#"{"usage":{"prompt_tokens":5},"\u0075sage":null}"#.to_string(),
             r#"{"usage":{"prompt_tokens":3},"x":01}"#.to_string(),
             r#"{"usage":{"prompt_tokens":3},"x":1.}"#.to_string(),
             r#"{"usage":{"prompt_tokens":3},"x":-}"#.to_string(),
