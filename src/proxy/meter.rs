@@ -8,6 +8,8 @@
 //! usage-only chunk (`"choices": []`) is the gateway's business and is not
 //! forwarded: the client gets the shape it asked for.
 
+use std::sync::LazyLock;
+
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
@@ -82,6 +84,12 @@ pub fn usage_of_json(body: &[u8]) -> Option<Usage> {
 /// the match is well-formed: a malformed body with a well-formed tail is
 /// billed by the usage it reports, where serde would refuse the body and
 /// the bill would be an estimate.
+/// Searchers built once: building one per call costs more than the search.
+static EARLIER_KEY: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+static UNICODE_ESCAPE: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"\\u"));
+
 fn trailing_usage(body: &[u8]) -> Option<Usage> {
     const KEY: &[u8] = b"\"usage\"";
     // The last `"usage"`, from the end: memchr's two-way `rfind` builds a
@@ -89,8 +97,7 @@ fn trailing_usage(body: &[u8]) -> Option<Usage> {
     // that follow `usage` in a response.
     let at = memchr::memrchr_iter(b'"', body).find(|&i| body[i..].starts_with(KEY))?;
     let before = &body[..at];
-    if memchr::memmem::find(before, KEY).is_some() || memchr::memmem::find(before, b"\\u").is_some()
-    {
+    if EARLIER_KEY.find(before).is_some() || UNICODE_ESCAPE.find(before).is_some() {
         return None;
     }
     // An odd run of backslashes escapes the quote: we are inside a string.
