@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Uri};
 use bytes::Bytes;
 
 use super::error::ProxyError;
-use super::h1::{self, Origin, UpstreamBody};
+use super::h1::{self, Origin, UpstreamResponse};
 
 /// Idle upstream connections kept per origin, and for how long: under the
 /// 5 s keep-alive of uvicorn (the server of vLLM and SGLang) and nginx's
@@ -32,7 +32,7 @@ pub struct Upstream {
 
 /// A parsed upstream base URL: where to connect, the path prefix, and the
 /// `Host` header, with the origin's connection pool.
-pub struct Base {
+struct Base {
     text: String,
     /// The base URL's path without its trailing `/` ("" for none).
     prefix: String,
@@ -85,13 +85,6 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// An upstream's answer: its head, and its body still to be read.
-pub struct UpstreamResponse {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: UpstreamBody,
-}
-
 impl Upstream {
     pub fn new(
         api_key: Option<&str>,
@@ -111,7 +104,7 @@ impl Upstream {
     }
 
     /// The parsed form of `base`, parsed on first use.
-    pub fn base(&self, base: &str) -> Option<Arc<Base>> {
+    fn base(&self, base: &str) -> Option<Arc<Base>> {
         if let Some(b) = self.bases.load().iter().find(|b| b.text == base) {
             return Some(b.clone());
         }
@@ -156,7 +149,8 @@ impl Upstream {
             return Err(ProxyError::Upstream);
         };
         strip_hop_by_hop(&mut headers);
-        let mut head = Vec::with_capacity(512);
+        // The head; `exchange` appends a small body to it for one write.
+        let mut head = Vec::with_capacity(512 + body.len().min(h1::COALESCE_BODY));
         head.extend_from_slice(b"POST ");
         head.extend_from_slice(b.prefix.as_bytes());
         head.extend_from_slice(path.as_bytes());
@@ -176,9 +170,9 @@ impl Upstream {
             push_header(&mut head, name.as_str(), value.as_bytes());
         }
         head.extend_from_slice(b"content-length: ");
-        head.extend_from_slice(itoa_u64(body.len() as u64).as_bytes());
+        head.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
         head.extend_from_slice(b"\r\n\r\n");
-        match tokio::time::timeout(self.read_timeout, h1::exchange(&b.origin, &head, &body)).await {
+        match tokio::time::timeout(self.read_timeout, h1::exchange(&b.origin, head, &body)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "upstream request failed");
@@ -188,11 +182,7 @@ impl Upstream {
                     Err(ProxyError::Upstream)
                 }
             }
-            Ok(Ok((status, headers, body))) => Ok(UpstreamResponse {
-                status,
-                headers,
-                body,
-            }),
+            Ok(Ok(response)) => Ok(response),
         }
     }
 }
@@ -202,33 +192,6 @@ fn push_header(head: &mut Vec<u8>, name: &str, value: &[u8]) {
     head.extend_from_slice(b": ");
     head.extend_from_slice(value);
     head.extend_from_slice(b"\r\n");
-}
-
-/// Decimal text of `n` on the stack.
-fn itoa_u64(mut n: u64) -> DecimalText {
-    let mut d = DecimalText {
-        digits: [0; 20],
-        start: 20,
-    };
-    loop {
-        d.start -= 1;
-        d.digits[d.start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return d;
-        }
-    }
-}
-
-struct DecimalText {
-    digits: [u8; 20],
-    start: usize,
-}
-
-impl DecimalText {
-    fn as_bytes(&self) -> &[u8] {
-        &self.digits[self.start..]
-    }
 }
 
 /// Remove, in place, hop-by-hop headers and those the `Connection` header
@@ -286,11 +249,6 @@ mod tests {
         let first = up.base("http://a:1").unwrap();
         assert!(Arc::ptr_eq(&first, &up.base("http://a:1").unwrap()));
         assert!(up.base("ftp://a:1").is_none());
-        assert_eq!(itoa_u64(0).as_bytes(), b"0");
-        assert_eq!(
-            itoa_u64(u64::MAX).as_bytes(),
-            u64::MAX.to_string().as_bytes()
-        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ const MAX_LINE: usize = 4096;
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
 /// Bodies up to this size are copied after the head, for one write.
-const COALESCE_BODY: usize = 64 * 1024;
+pub const COALESCE_BODY: usize = 64 * 1024;
 
 /// Why an exchange failed. Any of these leaves the connection closed.
 #[derive(Debug, thiserror::Error)]
@@ -387,22 +387,21 @@ enum Chunk {
     Trailers,
 }
 
-/// One request on a pooled connection; the response head, and the body to
-/// read (or stream) after it.
+/// One request on a pooled connection: `head` (the request line and
+/// headers, up to the blank line) then `body`; the response head, and the
+/// body to read (or stream) after it.
 pub async fn exchange(
     origin: &Arc<Origin>,
-    head: &[u8],
+    mut head: Vec<u8>,
     body: &Bytes,
-) -> Result<(StatusCode, HeaderMap, UpstreamBody), H1Error> {
+) -> Result<UpstreamResponse, H1Error> {
     let mut conn = origin.checkout().await?;
     let mut request_whole = true;
     if body.len() <= COALESCE_BODY {
-        let mut out = Vec::with_capacity(head.len() + body.len());
-        out.extend_from_slice(head);
-        out.extend_from_slice(body);
-        conn.io.write_all(&out).await?;
+        head.extend_from_slice(body);
+        conn.io.write_all(&head).await?;
     } else {
-        conn.io.write_all(head).await?;
+        conn.io.write_all(&head).await?;
         request_whole = conn.write_body(body).await?;
     }
     let mut h = conn.read_head().await?;
@@ -419,7 +418,18 @@ pub async fn exchange(
     if done {
         body.finish();
     }
-    Ok((h.status, h.headers, body))
+    Ok(UpstreamResponse {
+        status: h.status,
+        headers: h.headers,
+        body,
+    })
+}
+
+/// An upstream's answer: its head, and its body still to be read.
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: UpstreamBody,
 }
 
 /// The body of an upstream response, read from its connection as it is

@@ -63,6 +63,12 @@ pub fn usage_of_json(body: &[u8]) -> Option<Usage> {
         .map(Usage::from)
 }
 
+/// Searchers built once: building one per call costs more than the search.
+static EARLIER_KEY: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+static UNICODE_ESCAPE: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"\\u"));
+
 /// Fast path of `usage_of_json`. OpenAI-compatible servers write `usage`
 /// near the end of the body (after `choices`, before at most a few short
 /// members such as `system_fingerprint`). Reading the whole body with serde
@@ -84,12 +90,6 @@ pub fn usage_of_json(body: &[u8]) -> Option<Usage> {
 /// the match is well-formed: a malformed body with a well-formed tail is
 /// billed by the usage it reports, where serde would refuse the body and
 /// the bill would be an estimate.
-/// Searchers built once: building one per call costs more than the search.
-static EARLIER_KEY: LazyLock<memchr::memmem::Finder<'static>> =
-    LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
-static UNICODE_ESCAPE: LazyLock<memchr::memmem::Finder<'static>> =
-    LazyLock::new(|| memchr::memmem::Finder::new(b"\\u"));
-
 fn trailing_usage(body: &[u8]) -> Option<Usage> {
     const KEY: &[u8] = b"\"usage\"";
     // The last `"usage"`, from the end: memchr's two-way `rfind` builds a
@@ -101,7 +101,7 @@ fn trailing_usage(body: &[u8]) -> Option<Usage> {
         return None;
     }
     // An odd run of backslashes escapes the quote: we are inside a string.
-    let escapes = body[..at].iter().rev().take_while(|&&b| b == b'\\').count();
+    let escapes = before.iter().rev().take_while(|&&b| b == b'\\').count();
     if escapes % 2 == 1 {
         return None;
     }

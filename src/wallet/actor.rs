@@ -646,18 +646,7 @@ fn settlement_id(nonce: u64, request_id: u64) -> String {
     s.push_str("stl:");
     crate::ids::push_hex(&mut s, nonce, 16);
     s.push(':');
-    let mut digits = [0u8; 20];
-    let mut n = request_id;
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    s.extend(digits[at..].iter().map(|&d| char::from(d)));
+    s.push_str(itoa::Buffer::new().format(request_id));
     s
 }
 
