@@ -37,7 +37,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
             Ok(Arc::new(MemoryStore::new()))
         }
         StoreConfig::Redis { url } => {
-            let store = crate::store::redis::RedisStore::connect(url, &config.redis_prefix)
+            let store = crate::store::redis_store::RedisStore::connect(url, &config.redis_prefix)
                 .await
                 .map_err(|e| ServeError::Config(format!("cannot open the Redis store: {e}")))?;
             Ok(Arc::new(store))

@@ -22,7 +22,7 @@ use serde_json::json;
 use tollgate::money::Nanos;
 use tollgate::pricing::Usage;
 use tollgate::store::memory::MemoryStore;
-use tollgate::store::redis::RedisStore;
+use tollgate::store::redis_store::RedisStore;
 use tollgate::store::*;
 
 // --- Fixtures ------------------------------------------------------------------------

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 
 use super::*;
+use crate::money::Nanos;
 
 #[derive(Default)]
 struct Inner {
@@ -60,7 +61,7 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 }
 
 #[async_trait]
-impl Store for MemoryStore {
+impl StoreInfo for MemoryStore {
     fn kind(&self) -> &'static str {
         "memory"
     }
@@ -68,7 +69,10 @@ impl Store for MemoryStore {
     async fn ping(&self) -> StoreResult<()> {
         Ok(())
     }
+}
 
+#[async_trait]
+impl UserStore for MemoryStore {
     async fn create_user(&self, user: &UserRecord) -> StoreResult<()> {
         let mut g = self.lock();
         if g.users_by_email.contains_key(&user.email_norm) {
@@ -100,7 +104,10 @@ impl Store for MemoryStore {
     async fn session(&self, token_hash: &str) -> StoreResult<Option<SessionRecord>> {
         Ok(self.lock().sessions.get(token_hash).cloned())
     }
+}
 
+#[async_trait]
+impl KeyStore for MemoryStore {
     async fn put_key(&self, key: &KeyRecord) -> StoreResult<()> {
         let mut g = self.lock();
         if let Some(id) = g.keys_by_hash.get(&key.hash) {
@@ -144,6 +151,21 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn team_keys(&self, team_id: &str) -> StoreResult<Vec<KeyRecord>> {
+        let mut v: Vec<KeyRecord> = self
+            .lock()
+            .keys
+            .values()
+            .filter(|k| k.team_id.as_deref() == Some(team_id))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
+    }
+}
+
+#[async_trait]
+impl LedgerStore for MemoryStore {
     async fn wallet(&self, wallet_id: &str) -> StoreResult<WalletBalance> {
         Ok(self
             .lock()
@@ -191,7 +213,10 @@ impl Store for MemoryStore {
             .and_then(|(w, i)| g.ledger.get(w).and_then(|l| l.get(*i)))
             .cloned())
     }
+}
 
+#[async_trait]
+impl UsageStore for MemoryStore {
     async fn usage_rows(&self, wallet_id: &str, from: NaiveDate) -> StoreResult<Vec<UsageRow>> {
         let g = self.lock();
         let Some(rows) = g.usage.get(wallet_id) else {
@@ -216,7 +241,10 @@ impl Store for MemoryStore {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl TeamStore for MemoryStore {
     async fn put_team(&self, team: &TeamRecord) -> StoreResult<()> {
         self.lock().teams.insert(team.id.clone(), team.clone());
         Ok(())
@@ -305,19 +333,10 @@ impl Store for MemoryStore {
         v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(v)
     }
+}
 
-    async fn team_keys(&self, team_id: &str) -> StoreResult<Vec<KeyRecord>> {
-        let mut v: Vec<KeyRecord> = self
-            .lock()
-            .keys
-            .values()
-            .filter(|k| k.team_id.as_deref() == Some(team_id))
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(v)
-    }
-
+#[async_trait]
+impl EventStore for MemoryStore {
     async fn put_outbox(&self, m: &OutboxMessage) -> StoreResult<()> {
         let mut g = self.lock();
         match g.outbox.iter_mut().find(|o| o.id == m.id) {
@@ -345,7 +364,10 @@ impl Store for MemoryStore {
             .cloned()
             .collect())
     }
+}
 
+#[async_trait]
+impl TransferStore for MemoryStore {
     async fn put_transfer(&self, t: &TransferRecord) -> StoreResult<()> {
         self.lock().transfers.insert(t.id.clone(), t.clone());
         Ok(())
@@ -361,7 +383,10 @@ impl Store for MemoryStore {
         v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(v)
     }
+}
 
+#[async_trait]
+impl IdempotencyStore for MemoryStore {
     async fn idempotency(&self, scope_key: &str) -> StoreResult<Option<IdempotencyRecord>> {
         Ok(self.lock().idempotency.get(scope_key).cloned())
     }
@@ -373,6 +398,9 @@ impl Store for MemoryStore {
         Ok(())
     }
 }
+
+/// One process, nobody to tell: the defaults (nothing published, no feed).
+impl ChangeFeed for MemoryStore {}
 
 /// One batch, whole or not at all (the checks run before the first write).
 /// Takes the batch's copy made for the blocking thread and keeps its

@@ -1,7 +1,8 @@
 -- tollgate apply v1: one wallet batch, checked whole before its first
 -- write (Redis scripts do not roll back), then written whole.
--- Owned by src/store/redis.rs, which builds every argument below; all
--- arithmetic stays in Redis integers (HINCRBY with string arguments):
+-- Owned by src/store/redis_store/ledger.rs, which builds every argument
+-- below; all arithmetic stays in Redis integers (HINCRBY with string
+-- arguments):
 -- Lua numbers are doubles and would round large nano-dollar amounts.
 --
 -- KEYS (all in the wallet's hash slot, `{wallet_id}`):

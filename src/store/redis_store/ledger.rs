@@ -1,0 +1,280 @@
+//! Wallets and the ledger in Redis: balances, the ledger list and its
+//! index, and `apply`, one Lua script (`apply.lua`) that checks a whole
+//! batch before its first write. The money sums are made here in checked
+//! i64, never in Lua (see the notes in `mod.rs`).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{Datelike, NaiveDate};
+use redis::ScriptInvocation;
+
+use super::{decode, encode, timed, RedisStore, CHUNK};
+use crate::money::Nanos;
+use crate::store::{
+    Applied, DayUsage, EntryKind, LedgerEntry, LedgerStore, MoneyTotals, StoreError, StoreResult,
+    WalletBalance, WalletBatch,
+};
+
+/// The days of one batch's usage: day -> (key, member) -> counters.
+type Days<'b> = BTreeMap<NaiveDate, BTreeMap<(&'b str, &'b str), DayUsage>>;
+
+/// What one batch changes, summed in checked i64 before any call is built.
+struct Sums<'b> {
+    paid: i64,
+    promo: i64,
+    deposits: i64,
+    usage: i64,
+    days: Days<'b>,
+    /// Key id -> the latest settlement time, in nanos since the epoch.
+    used: BTreeMap<&'b str, i64>,
+}
+
+fn overflow(batch: &WalletBatch) -> StoreError {
+    StoreError::Corrupt(format!("batch {} overflows i64", batch.batch_id))
+}
+
+/// Sum a batch's deltas, reconciliation counters, usage and last-used
+/// times; any sum past i64 refuses the whole batch.
+fn sums(batch: &WalletBatch) -> StoreResult<Sums<'_>> {
+    let overflow = || overflow(batch);
+    let add = |a: i64, b: i64| a.checked_add(b).ok_or_else(overflow);
+    let (mut paid, mut promo, mut deposits, mut usage) = (0i64, 0i64, 0i64, 0i64);
+    let mut days: Days<'_> = BTreeMap::new();
+    let mut used: BTreeMap<&str, i64> = BTreeMap::new();
+    for e in &batch.entries {
+        let amount = add(e.paid.0, e.promo.0)?;
+        paid = add(paid, e.paid.0)?;
+        promo = add(promo, e.promo.0)?;
+        match e.kind {
+            EntryKind::Deposit => deposits = add(deposits, amount)?,
+            EntryKind::Settlement => {
+                usage = add(usage, amount.checked_neg().ok_or_else(overflow)?)?
+            }
+            EntryKind::TransferIn | EntryKind::TransferOut => {}
+        }
+        if let Some(u) = &e.usage {
+            let spend = Nanos(amount.checked_neg().ok_or_else(overflow)?);
+            days.entry(e.at.date_naive())
+                .or_default()
+                .entry((u.key_id.as_str(), u.member_id.as_str()))
+                .or_default()
+                .add(&u.usage, spend);
+            // Times before 1970 or after 2262 have no i64 nanos; such a
+            // settlement counts but does not move `last_used_at`.
+            if let Some(t) = e.at.timestamp_nanos_opt().filter(|t| *t >= 0) {
+                let last = used.entry(u.key_id.as_str()).or_insert(t);
+                *last = (*last).max(t);
+            }
+        }
+    }
+    Ok(Sums {
+        paid,
+        promo,
+        deposits,
+        usage,
+        days,
+        used,
+    })
+}
+
+impl RedisStore {
+    /// Build the `apply.lua` call; all arithmetic on money happens here (in
+    /// checked i64) or in Redis integers, never in Lua.
+    fn apply_call<'a>(&'a self, batch: &WalletBatch) -> StoreResult<ScriptInvocation<'a>> {
+        let w = &batch.wallet_id;
+        let Sums {
+            paid,
+            promo,
+            deposits,
+            usage,
+            days,
+            used,
+        } = sums(batch)?;
+
+        let mut call = self.scripts.apply.prepare_invoke();
+        for part in [
+            "bal",
+            "ledger",
+            "entries",
+            "batches",
+            "usage_days",
+            "keyused",
+        ] {
+            call.key(self.wk(w, part));
+        }
+        call.arg(&batch.batch_id)
+            .arg(w)
+            .arg(paid)
+            .arg(promo)
+            .arg(deposits)
+            .arg(usage)
+            .arg(batch.entries.len());
+        for e in &batch.entries {
+            call.arg(&e.id).arg(&e.wallet_id).arg(encode(e)?);
+        }
+        self.day_args(&mut call, batch, &days)?;
+        call.arg(used.len());
+        for (key_id, t) in used {
+            call.arg(key_id).arg(format!("{t:020}"));
+        }
+        Ok(call)
+    }
+
+    /// The usage days of `apply_call`: per day its key, name, day number
+    /// and counter fields.
+    fn day_args(
+        &self,
+        call: &mut ScriptInvocation<'_>,
+        batch: &WalletBatch,
+        days: &Days<'_>,
+    ) -> StoreResult<()> {
+        let w = &batch.wallet_id;
+        call.arg(days.len());
+        for (date, rows) in days {
+            call.key(self.day_key(w, *date));
+            call.arg(date.to_string())
+                .arg(date.num_days_from_ce())
+                .arg(rows.len() * 5);
+            for ((key_id, member_id), u) in rows {
+                let counters = [
+                    ("calls", u.calls),
+                    ("input_tokens", u.input_tokens),
+                    ("cached_tokens", u.cached_tokens),
+                    ("output_tokens", u.output_tokens),
+                ];
+                for (name, n) in counters {
+                    let n = i64::try_from(n).map_err(|_| overflow(batch))?;
+                    call.arg(usage_field(key_id, member_id, name)?).arg(n);
+                }
+                call.arg(usage_field(key_id, member_id, "spend")?)
+                    .arg(u.spend.0);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl LedgerStore for RedisStore {
+    async fn wallet(&self, wallet_id: &str) -> StoreResult<WalletBalance> {
+        let (paid, promo): (Option<String>, Option<String>) = self
+            .q(redis::cmd("HMGET")
+                .arg(self.wk(wallet_id, "bal"))
+                .arg("paid")
+                .arg("promo"))
+            .await?;
+        Ok(WalletBalance {
+            paid: nanos(paid.as_deref())?,
+            promo: nanos(promo.as_deref())?,
+        })
+    }
+
+    async fn apply(&self, batch: &WalletBatch) -> StoreResult<(Applied, WalletBalance)> {
+        let call = self.apply_call(batch)?;
+        // Listed before the batch lands, so `money_totals` never misses a
+        // wallet that holds money (see the module notes).
+        self.q::<()>(
+            redis::cmd("SADD")
+                .arg(self.wallets_key())
+                .arg(&batch.wallet_id),
+        )
+        .await?;
+        let mut c = self.conn.clone();
+        let reply: Vec<String> = timed(call.invoke_async(&mut c)).await?;
+        let field = |i: usize| reply.get(i).map(String::as_str);
+        let balance = || -> StoreResult<WalletBalance> {
+            Ok(WalletBalance {
+                paid: nanos(field(1))?,
+                promo: nanos(field(2))?,
+            })
+        };
+        match field(0) {
+            Some("now") => Ok((Applied::Now, balance()?)),
+            Some("before") => Ok((Applied::Before, balance()?)),
+            Some("corrupt") => Err(StoreError::Corrupt(
+                field(1).unwrap_or("batch refused").to_string(),
+            )),
+            other => Err(StoreError::Corrupt(format!(
+                "apply script answered {other:?}"
+            ))),
+        }
+    }
+
+    async fn ledger(&self, wallet_id: &str) -> StoreResult<Vec<LedgerEntry>> {
+        let key = self.wk(wallet_id, "ledger");
+        let rows: Vec<String> = self
+            .q(redis::cmd("LRANGE").arg(&key).arg(0).arg(-1))
+            .await?;
+        rows.iter().map(|s| decode(&key, s)).collect()
+    }
+
+    async fn money_totals(&self) -> StoreResult<MoneyTotals> {
+        let wallets = self.smembers(&self.wallets_key()).await?;
+        let mut t = MoneyTotals::default();
+        for chunk in wallets.chunks(CHUNK) {
+            let mut pipe = redis::pipe();
+            for w in chunk {
+                pipe.cmd("HMGET")
+                    .arg(self.wk(w, "bal"))
+                    .arg("paid")
+                    .arg("promo")
+                    .arg("deposits")
+                    .arg("usage");
+            }
+            type Row = (
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+            );
+            let rows: Vec<Row> = self.p(&pipe).await?;
+            for (paid, promo, deposits, usage) in rows {
+                t.balances += nanos(paid.as_deref())? + nanos(promo.as_deref())?;
+                t.deposits += nanos(deposits.as_deref())?;
+                t.usage += nanos(usage.as_deref())?;
+            }
+        }
+        Ok(t)
+    }
+
+    async fn ledger_entry(
+        &self,
+        wallet_id: &str,
+        entry_id: &str,
+    ) -> StoreResult<Option<LedgerEntry>> {
+        let index: Option<i64> = self
+            .q(redis::cmd("HGET")
+                .arg(self.wk(wallet_id, "entries"))
+                .arg(entry_id))
+            .await?;
+        let Some(index) = index else {
+            return Ok(None);
+        };
+        let key = self.wk(wallet_id, "ledger");
+        let row: Option<String> = self.q(redis::cmd("LINDEX").arg(&key).arg(index)).await?;
+        match row {
+            Some(s) => Ok(Some(decode(&key, &s)?)),
+            None => Err(StoreError::Corrupt(format!(
+                "{key}: entry {entry_id} indexed at {index}, which is missing"
+            ))),
+        }
+    }
+}
+
+/// An integer nano-dollar field; absent is zero.
+fn nanos(v: Option<&str>) -> StoreResult<Nanos> {
+    match v {
+        None => Ok(Nanos::ZERO),
+        Some(s) => s
+            .parse::<i64>()
+            .map(Nanos)
+            .map_err(|_| StoreError::Corrupt(format!("amount {s:?} is not integer nanos"))),
+    }
+}
+
+/// The field of one counter in a day's usage hash: a JSON array, so ids
+/// with any characters stay unambiguous.
+fn usage_field(key_id: &str, member_id: &str, counter: &str) -> StoreResult<String> {
+    encode(&(key_id, member_id, counter))
+}
