@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -24,9 +25,23 @@ pub struct UsageQuery {
     format: Option<String>,
 }
 
-struct Ask {
+/// The window and format of a usage read, from `?days=&format=`; an
+/// extractor, so each handler gets it checked (after the caller and the
+/// path, as the handlers list them).
+pub struct Ask {
     window: Window,
     csv: bool,
+}
+
+impl FromRequestParts<Arc<App>> for Ask {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Response> {
+        let Query(q) = Query::<UsageQuery>::from_request_parts(parts, app)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        ask(app, &q).map_err(IntoResponse::into_response)
+    }
 }
 
 fn ask(app: &App, q: &UsageQuery) -> Result<Ask, ApiError> {
@@ -84,9 +99,8 @@ pub async fn key(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,
     Path(key_id): Path<String>,
-    Query(q): Query<UsageQuery>,
+    a: Ask,
 ) -> Result<Response, ApiError> {
-    let a = ask(&app, &q)?;
     let (key, rows) = app.teams.key_usage(&user.id, &key_id, a.window).await?;
     Ok(answer(&a, &rows, |s| {
         with_stats(
@@ -101,9 +115,8 @@ pub async fn team(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,
     Path(team_id): Path<String>,
-    Query(q): Query<UsageQuery>,
+    a: Ask,
 ) -> Result<Response, ApiError> {
-    let a = ask(&app, &q)?;
     if a.csv {
         let rows = app
             .teams
@@ -145,9 +158,8 @@ pub async fn team_me(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,
     Path(team_id): Path<String>,
-    Query(q): Query<UsageQuery>,
+    a: Ask,
 ) -> Result<Response, ApiError> {
-    let a = ask(&app, &q)?;
     let rows = app.teams.member_usage(&team_id, &user.id, a.window).await?;
     Ok(answer(&a, &rows, stats_json))
 }
@@ -156,9 +168,8 @@ pub async fn team_me(
 pub async fn me(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,
-    Query(q): Query<UsageQuery>,
+    a: Ask,
 ) -> Result<Response, ApiError> {
-    let a = ask(&app, &q)?;
     let u = app.teams.my_usage(&user.id, a.window).await?;
     if a.csv {
         let all = u
