@@ -80,7 +80,7 @@ pub async fn launch(mut config: Config) -> Result<(Running, Seeded), ServeError>
     }
     let (_, key) = app
         .accounts
-        .create_personal_key(&user, "demo", false, &app.keys)
+        .create_personal_key(&user, "demo", &app.teams, &app.keys)
         .await
         .map_err(|e| seed(e.to_string()))?;
     Ok((

@@ -9,15 +9,17 @@
 //! - `server`: listeners, graceful shutdown; `run` and `start` live here.
 //! - `proxy`: THE HOT PATH, phase by phase (auth, gate, price, hold,
 //!   forward, meter, settle, log).
-//! - `auth`: the API key format and the key cache the proxy reads.
+//! - `auth`: the API key format, `auth::keys` (the one minting path) and
+//!   the key cache the proxy reads.
 //! - `pricing`: USD per million tokens per model; cost and hold estimates.
 //! - `wallet`: one actor per wallet, the only writer of its balance; the
-//!   pure arithmetic in `wallet::ledger`.
-//! - `billing`: deposits from outside and the reconciliation report.
-//! - `accounts`: users, sessions, personal keys; `accounts::rules` is the
-//!   role table as pure functions.
-//! - `teams`: the team lifecycle (create, invite, join, leave, delete) and
-//!   money moves between wallets; `mailer` delivers the invite emails.
+//!   pure arithmetic in `wallet::ledger`; `wallet::transfer` moves money
+//!   between wallets under a transfer id, with `recover`.
+//! - `billing`: deposits from outside with their idempotency
+//!   (`KeyedLocks`) and the reconciliation report.
+//! - `accounts`: users, sessions, personal keys; teams (`accounts::teams`,
+//!   `invites`, `team_keys`, `reports`); `accounts::rules` is the role
+//!   table as pure functions; `mailer` delivers the invite emails.
 //! - `store`: the `Store` trait; the memory store and the Redis store,
 //!   held to one contract suite.
 //! - `api`: the management API; `api::error` is the one error -> HTTP table.
@@ -41,16 +43,14 @@ pub mod pricing;
 pub mod proxy;
 pub mod server;
 pub mod store;
-pub mod teams;
 pub mod usage;
 pub mod wallet;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use dashmap::DashMap;
 
-use accounts::Accounts;
+use accounts::{Accounts, Teams};
 use auth::KeyCache;
 use clock::{Clock, SystemClock};
 use config::Config;
@@ -58,10 +58,10 @@ use ids::RequestIds;
 use mailer::Mailer;
 use pricing::Pricing;
 use proxy::forward::Upstream;
-use store::{Store, StoreError};
-use teams::Teams;
+use store::Store;
 use wallet::WalletRegistry;
 
+pub use billing::{ForgetLock, KeyedLocks};
 pub use server::{start, Running};
 
 /// How long a wallet's actor may sit unused before it is stopped.
@@ -135,14 +135,9 @@ impl App {
         }
     }
 
-    /// Whether the user belongs to any team (K2).
-    pub async fn in_a_team(&self, user_id: &str) -> Result<bool, StoreError> {
-        Ok(!self.store.memberships(user_id).await?.is_empty())
-    }
-
     /// Work done once before serving: finish interrupted transfers, follow
     /// other instances' changes, retry undelivered mail.
-    pub async fn boot(self: &Arc<Self>) -> Result<(), teams::TeamError> {
+    pub async fn boot(self: &Arc<Self>) -> Result<(), accounts::TeamError> {
         let finished = self.teams.recover().await?;
         if finished > 0 {
             tracing::warn!(finished, "finished transfers interrupted by the last stop");
@@ -193,42 +188,5 @@ impl App {
             }
         });
         Ok(())
-    }
-}
-
-/// Async locks by name, for calls that must not run twice at once for the
-/// same key (idempotent deposits). Entries are dropped when unused.
-#[derive(Default)]
-pub struct KeyedLocks {
-    locks: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
-}
-
-impl KeyedLocks {
-    pub fn get(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.entry(name.to_string()).or_default().clone()
-    }
-
-    /// On drop (every return path), forget `name`'s lock if nobody else
-    /// waits on it. Declared after the lock and its guard, it drops first;
-    /// by then the call's outcome is in the store, so a caller that arrives
-    /// after and gets a fresh lock sees it.
-    pub fn forget_on_drop<'a>(&'a self, name: &'a str) -> ForgetLock<'a> {
-        ForgetLock { locks: self, name }
-    }
-}
-
-/// See `KeyedLocks::forget_on_drop`.
-pub struct ForgetLock<'a> {
-    locks: &'a KeyedLocks,
-    name: &'a str,
-}
-
-impl Drop for ForgetLock<'_> {
-    fn drop(&mut self) {
-        // Our own `Arc` may still be alive (dropped after this), so 2 is
-        // "nobody else"; a waiter holds a third.
-        self.locks
-            .locks
-            .remove_if(self.name, |_, l| Arc::strong_count(l) <= 2);
     }
 }

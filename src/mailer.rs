@@ -85,6 +85,12 @@ impl Mailer {
         }
     }
 
+    /// I3: every message given to the mailer, delivered or not (the
+    /// operator's outbox).
+    pub async fn outbox(&self) -> Result<Vec<OutboxMessage>, StoreError> {
+        self.store.outbox().await
+    }
+
     /// Retry undelivered messages every `every` (runs until the process ends).
     pub async fn retry_loop(self, every: Duration) {
         loop {

@@ -1,4 +1,5 @@
-//! Users and sessions: sign-up, login, session lookup, personal keys.
+//! Users and sessions: sign-up, login, session lookup, personal keys
+//! (minted by `auth::keys`, the same path as team keys).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +11,10 @@ use chrono::{DateTime, Utc};
 use crate::clock::Clock;
 use rand::rngs::OsRng;
 
-use crate::auth::{mint_key, KeyCache, NewKey};
+use super::Teams;
+use crate::auth::{keys, KeyCache, KeyOwner, NewKey};
 use crate::ids;
 use crate::store::{KeyRecord, KeyScope, KeyStatus, SessionRecord, Store, StoreError, UserRecord};
-use crate::wallet::user_wallet_id;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccountError {
@@ -151,46 +152,41 @@ impl Accounts {
             .ok_or(AccountError::Unauthenticated)
     }
 
-    /// K1, K2: a new personal key; the secret is returned once.
+    /// K1, K2: a new personal key; the secret is returned once. Refused
+    /// while the user belongs to a team; the membership lock is held so
+    /// that they cannot join one meanwhile.
     pub async fn create_personal_key(
         &self,
         user: &UserRecord,
         name: &str,
-        in_a_team: bool,
+        teams: &Teams,
         cache: &KeyCache,
     ) -> Result<(KeyRecord, NewKey), AccountError> {
-        if in_a_team {
+        let _exclusive = teams.exclusive().await;
+        if teams.in_a_team(&user.id).await? {
             return Err(AccountError::PersonalKeysArchived);
         }
         let name = valid_key_name(name)?;
-        let minted = mint_key();
-        let record = KeyRecord {
-            id: ids::new_id("key"),
-            hash: minted.hash_hex.clone(),
-            prefix: minted.prefix.clone(),
-            name,
-            scope: KeyScope::Personal,
-            created_by: user.id.clone(),
-            team_id: None,
-            member_id: user.id.clone(),
-            wallet_id: user_wallet_id(&user.id),
-            status: KeyStatus::Active,
-            created_at: self.clock.now(),
-            last_used_at: None,
-        };
-        self.store.put_key(&record).await?;
-        cache.changed(&*self.store, &record.hash).await;
-        Ok((record, minted))
+        let owner = KeyOwner::personal(&user.id);
+        Ok(keys::create(&*self.store, cache, owner, name, self.clock.now()).await?)
     }
 
-    /// K2, K5: delete one of the user's personal keys.
+    /// K1: the user's personal keys, in every status.
+    pub async fn personal_keys(&self, user: &UserRecord) -> Result<Vec<KeyRecord>, AccountError> {
+        Ok(self.store.keys_of_user(&user.id).await?)
+    }
+
+    /// K2, K5: delete one of the user's personal keys (not while they
+    /// belong to a team: their keys are archived then).
     pub async fn delete_personal_key(
         &self,
         user: &UserRecord,
         key_id: &str,
-        in_a_team: bool,
+        teams: &Teams,
         cache: &KeyCache,
     ) -> Result<(), AccountError> {
+        let _exclusive = teams.exclusive().await;
+        let in_a_team = teams.in_a_team(&user.id).await?;
         let key = self
             .store
             .key(key_id)
@@ -204,11 +200,15 @@ impl Accounts {
         if in_a_team {
             return Err(AccountError::PersonalKeysArchived);
         }
+        Ok(keys::set_status(&*self.store, cache, &key, KeyStatus::Deleted).await?)
+    }
+
+    /// A user by id (the operator's view), or `NotFound`.
+    pub async fn user(&self, user_id: &str) -> Result<UserRecord, AccountError> {
         self.store
-            .set_key_status(&key.id, KeyStatus::Deleted)
-            .await?;
-        cache.changed(&*self.store, &key.hash).await;
-        Ok(())
+            .user(user_id)
+            .await?
+            .ok_or(AccountError::NotFound)
     }
 }
 

@@ -5,10 +5,10 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::accounts::AccountError;
+use crate::accounts::{AccountError, TeamError};
+use crate::billing::DepositError;
 use crate::money::AmountError;
 use crate::store::StoreError;
-use crate::teams::TeamError;
 use crate::wallet::WalletError;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +25,6 @@ pub enum ApiError {
     Invalid(&'static str, String),
     #[error("the request body is too large")]
     TooLarge,
-    #[error("{1}")]
-    Conflict(&'static str, String),
     #[error("the Idempotency-Key header is required")]
     MissingIdempotencyKey,
     #[error(transparent)]
@@ -39,6 +37,8 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Team(#[from] TeamError),
+    #[error(transparent)]
+    Deposit(#[from] DepositError),
 }
 
 impl ApiError {
@@ -51,53 +51,72 @@ impl ApiError {
             ApiError::BadJson(_) => (S::BAD_REQUEST, "invalid_json"),
             ApiError::Invalid(code, _) => (S::UNPROCESSABLE_ENTITY, code),
             ApiError::TooLarge => (S::PAYLOAD_TOO_LARGE, "request_too_large"),
-            ApiError::Conflict(code, _) => (S::CONFLICT, code),
             ApiError::MissingIdempotencyKey => (S::BAD_REQUEST, "missing_idempotency_key"),
-            ApiError::Account(e) => match e {
-                AccountError::EmailTaken => (S::CONFLICT, "email_taken"),
-                AccountError::InvalidEmail => (S::UNPROCESSABLE_ENTITY, "invalid_email"),
-                AccountError::WeakPassword => (S::UNPROCESSABLE_ENTITY, "weak_password"),
-                AccountError::BadCredentials => (S::UNAUTHORIZED, "invalid_credentials"),
-                AccountError::Unauthenticated => (S::UNAUTHORIZED, "unauthenticated"),
-                AccountError::InvalidName => (S::UNPROCESSABLE_ENTITY, "invalid_name"),
-                AccountError::PersonalKeysArchived => (S::CONFLICT, "personal_keys_archived"),
-                AccountError::NotFound => (S::NOT_FOUND, "not_found"),
-                AccountError::Store(e) => store_parts(e),
-            },
+            ApiError::Account(e) => account_parts(e),
             ApiError::Amount(_) => (S::UNPROCESSABLE_ENTITY, "invalid_amount"),
-            ApiError::Wallet(e) => match e {
-                WalletError::Insufficient => (S::PAYMENT_REQUIRED, "insufficient_balance"),
-                WalletError::Closed => (S::CONFLICT, "wallet_closed"),
-                WalletError::Unavailable => (S::SERVICE_UNAVAILABLE, "unavailable"),
-                WalletError::Overflow => (S::UNPROCESSABLE_ENTITY, "invalid_amount"),
-            },
+            ApiError::Wallet(e) => wallet_parts(e),
             ApiError::Store(e) => store_parts(e),
-            ApiError::Team(e) => match e {
-                TeamError::NotFound => (S::NOT_FOUND, "not_found"),
-                TeamError::Forbidden(_) => (S::FORBIDDEN, "forbidden"),
-                TeamError::TeamLimit => (S::CONFLICT, "team_limit"),
-                TeamError::InvalidName => (S::UNPROCESSABLE_ENTITY, "invalid_name"),
-                TeamError::InvalidRole => (S::UNPROCESSABLE_ENTITY, "invalid_role"),
-                TeamError::InvalidEmail => (S::UNPROCESSABLE_ENTITY, "invalid_email"),
-                TeamError::AlreadyMember => (S::CONFLICT, "already_member"),
-                TeamError::OwnerCannotLeave => (S::CONFLICT, "owner_cannot_leave"),
-                TeamError::InviteGone => (S::GONE, "invite_gone"),
-                TeamError::WrongInvitee => (S::FORBIDDEN, "wrong_invitee"),
-                TeamError::InvalidMember => (S::UNPROCESSABLE_ENTITY, "invalid_member"),
-                TeamError::PromoToTeam => (S::UNPROCESSABLE_ENTITY, "invalid_kind"),
-                TeamError::Account(e) => ApiError::account_parts(e),
-                TeamError::Wallet(e) => ApiError::wallet_parts(e),
-                TeamError::Store(e) => store_parts(e),
-            },
+            ApiError::Team(e) => team_parts(e),
+            ApiError::Deposit(e) => deposit_parts(e),
         }
     }
+}
 
-    fn account_parts(e: &AccountError) -> (StatusCode, &'static str) {
-        ApiError::Account(e.clone()).parts()
+fn account_parts(e: &AccountError) -> (StatusCode, &'static str) {
+    use StatusCode as S;
+    match e {
+        AccountError::EmailTaken => (S::CONFLICT, "email_taken"),
+        AccountError::InvalidEmail => (S::UNPROCESSABLE_ENTITY, "invalid_email"),
+        AccountError::WeakPassword => (S::UNPROCESSABLE_ENTITY, "weak_password"),
+        AccountError::BadCredentials => (S::UNAUTHORIZED, "invalid_credentials"),
+        AccountError::Unauthenticated => (S::UNAUTHORIZED, "unauthenticated"),
+        AccountError::InvalidName => (S::UNPROCESSABLE_ENTITY, "invalid_name"),
+        AccountError::PersonalKeysArchived => (S::CONFLICT, "personal_keys_archived"),
+        AccountError::NotFound => (S::NOT_FOUND, "not_found"),
+        AccountError::Store(e) => store_parts(e),
     }
+}
 
-    fn wallet_parts(e: &WalletError) -> (StatusCode, &'static str) {
-        ApiError::Wallet(*e).parts()
+fn wallet_parts(e: &WalletError) -> (StatusCode, &'static str) {
+    use StatusCode as S;
+    match e {
+        WalletError::Insufficient => (S::PAYMENT_REQUIRED, "insufficient_balance"),
+        WalletError::Closed => (S::CONFLICT, "wallet_closed"),
+        WalletError::Unavailable => (S::SERVICE_UNAVAILABLE, "unavailable"),
+        WalletError::Overflow => (S::UNPROCESSABLE_ENTITY, "invalid_amount"),
+    }
+}
+
+fn team_parts(e: &TeamError) -> (StatusCode, &'static str) {
+    use StatusCode as S;
+    match e {
+        TeamError::NotFound => (S::NOT_FOUND, "not_found"),
+        TeamError::Forbidden(_) => (S::FORBIDDEN, "forbidden"),
+        TeamError::TeamLimit => (S::CONFLICT, "team_limit"),
+        TeamError::InvalidName => (S::UNPROCESSABLE_ENTITY, "invalid_name"),
+        TeamError::InvalidRole => (S::UNPROCESSABLE_ENTITY, "invalid_role"),
+        TeamError::InvalidEmail => (S::UNPROCESSABLE_ENTITY, "invalid_email"),
+        TeamError::AlreadyMember => (S::CONFLICT, "already_member"),
+        TeamError::OwnerCannotLeave => (S::CONFLICT, "owner_cannot_leave"),
+        TeamError::InviteGone => (S::GONE, "invite_gone"),
+        TeamError::WrongInvitee => (S::FORBIDDEN, "wrong_invitee"),
+        TeamError::InvalidMember => (S::UNPROCESSABLE_ENTITY, "invalid_member"),
+        TeamError::Account(e) => account_parts(e),
+        TeamError::Wallet(e) => wallet_parts(e),
+        TeamError::Store(e) => store_parts(e),
+    }
+}
+
+fn deposit_parts(e: &DepositError) -> (StatusCode, &'static str) {
+    use StatusCode as S;
+    match e {
+        DepositError::IdempotencyConflict => (S::CONFLICT, "idempotency_conflict"),
+        DepositError::InvalidTarget => (S::UNPROCESSABLE_ENTITY, "invalid_target"),
+        DepositError::UnknownUser => (S::NOT_FOUND, "not_found"),
+        DepositError::PromoToTeam => (S::UNPROCESSABLE_ENTITY, "invalid_kind"),
+        DepositError::Team(e) => team_parts(e),
+        DepositError::Wallet(e) => wallet_parts(e),
+        DepositError::Store(e) => store_parts(e),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Team routes (T1-T4, I1-I5, L1-L3, K3, D1, B9): authenticate, parse,
-//! call `teams`, shape JSON. Every rule lives in the domain.
+//! call `accounts::Teams`, shape JSON. Every rule lives in the domain.
 
 use std::sync::Arc;
 
@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use super::users::key_view;
 use super::{ApiError, Body, CurrentUser};
+use crate::accounts::TeamError;
 use crate::store::{InviteRecord, LedgerEntry, Role};
-use crate::teams::TeamError;
 use crate::App;
 
 /// Warning shown to the owner of a suspended team (B2).

@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 
 use super::{ApiError, Body, CurrentUser};
 use crate::store::{KeyRecord, UserRecord};
-use crate::wallet::user_wallet_id;
 use crate::App;
 
 #[derive(Deserialize)]
@@ -53,26 +52,18 @@ pub async fn me(
 
 /// `GET /api/me` and the operator's view of a user.
 pub async fn account_view(app: &App, user: &UserRecord) -> Result<Value, ApiError> {
-    let wallet = app.wallets.get(&user_wallet_id(&user.id)).await?;
-    let view = wallet.snapshot().await?;
-    let owned = app.store.owned_team(&user.id).await?;
-    let mut teams = Vec::new();
-    for m in app.store.memberships(&user.id).await? {
-        if let Some(t) = app
-            .store
-            .team(&m.team_id)
-            .await?
-            .filter(|t| t.deleted_at.is_none())
-        {
-            teams.push(json!({"id": t.id, "name": t.name, "role": m.role}));
-        }
-    }
+    let a = app.teams.account(&user.id).await?;
+    let teams: Vec<Value> = a
+        .teams
+        .iter()
+        .map(|(t, role)| json!({"id": t.id, "name": t.name, "role": role}))
+        .collect();
     Ok(json!({
         "id": user.id,
         "email": user.email,
-        "balance": {"paid": view.paid, "promo": view.promo},
-        "suspended": view.suspended,
-        "owned_team_id": owned.map(|t| t.id),
+        "balance": {"paid": a.wallet.paid, "promo": a.wallet.promo},
+        "suspended": a.wallet.suspended,
+        "owned_team_id": a.owned_team_id,
         "teams": teams,
     }))
 }
@@ -104,11 +95,9 @@ pub async fn create_key(
     CurrentUser(user): CurrentUser,
     Body(b): Body<NewKeyBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let _exclusive = app.teams.exclusive().await;
-    let in_a_team = app.in_a_team(&user.id).await?;
     let (record, minted) = app
         .accounts
-        .create_personal_key(&user, &b.name, in_a_team, &app.keys)
+        .create_personal_key(&user, &b.name, &app.teams, &app.keys)
         .await?;
     let mut view = key_view(&record);
     view["key"] = Value::String(minted.secret);
@@ -119,7 +108,7 @@ pub async fn list_keys(
     State(app): State<Arc<App>>,
     CurrentUser(user): CurrentUser,
 ) -> Result<Json<Value>, ApiError> {
-    let keys = app.store.keys_of_user(&user.id).await?;
+    let keys = app.accounts.personal_keys(&user).await?;
     Ok(Json(Value::Array(keys.iter().map(key_view).collect())))
 }
 
@@ -128,10 +117,8 @@ pub async fn delete_key(
     CurrentUser(user): CurrentUser,
     Path(key_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let _exclusive = app.teams.exclusive().await;
-    let in_a_team = app.in_a_team(&user.id).await?;
     app.accounts
-        .delete_personal_key(&user, &key_id, in_a_team, &app.keys)
+        .delete_personal_key(&user, &key_id, &app.teams, &app.keys)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -3,8 +3,10 @@
 //! SHA-256 is stored. Sessions and passwords live in `accounts`.
 
 pub mod cache;
+pub mod keys;
 
 pub use cache::{KeyCache, KeyEntry};
+pub use keys::KeyOwner;
 
 use crate::ids;
 

@@ -6,6 +6,7 @@
 pub mod actor;
 pub mod ledger;
 pub mod registry;
+pub mod transfer;
 
 use std::sync::Arc;
 
