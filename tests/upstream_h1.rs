@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used)]
-//! The upstream hop's HTTP/1.1 client (`proxy::h1`, `proxy::forward`)
+//! The upstream hop's HTTP/1.1 client (`proxy::upstream`, `proxy::forward`)
 //! against a scripted upstream on a real socket: what it sends, how it reads
 //! each framing, when it reuses a connection and when it must not.
 
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tollgate::proxy::forward::Upstream;
+use tollgate::proxy::upstream::Upstream;
 use tollgate::proxy::ProxyError;
 
 /// One scripted answer: written in these pieces (each flushed on its own,

@@ -7,11 +7,16 @@
 //! dropped hold releases itself, so no path can leak a reservation. The
 //! settlement is cast to the wallet before the response's last event
 //! reaches the client (B6).
+//!
+//! Beside this file: `forward` (the header rules of P6), `upstream` (the
+//! seam to the upstreams: `Upstream::send` and the HTTP/1.1 client behind
+//! it), `meter` (usage read from responses as they pass), `error` (the
+//! OpenAI-shaped errors).
 
 pub mod error;
 pub mod forward;
-pub mod h1;
 pub mod meter;
+pub mod upstream;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -35,8 +40,8 @@ use crate::pricing::{Pricing, Usage};
 use crate::store::{KeyStatus, UsageFacts};
 use crate::wallet::Hold;
 use crate::App;
-use h1::UpstreamBody;
 use meter::{estimate_tokens, usage_of_json, SseMeter};
+use upstream::{UpstreamBody, UpstreamResponse};
 
 /// The billed OpenAI endpoints (P1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,6 +169,44 @@ struct Probe<'a> {
     stream_options: Option<StreamOptions>,
 }
 
+impl<'a> Probe<'a> {
+    /// The request body read as an object of the OpenAI API.
+    fn of(body: &'a [u8]) -> Result<Probe<'a>, ProxyError> {
+        // An object, not any JSON: serde would fill `Probe` from an array too.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ProxyError::InvalidRequest(
+                "The request body must be a JSON object of the OpenAI API.",
+            ));
+        }
+        serde_json::from_slice(body).map_err(|_| {
+            ProxyError::InvalidRequest("The request body must be a JSON object of the OpenAI API.")
+        })
+    }
+
+    /// Output tokens the request may generate, over all its choices: its
+    /// own limit, else the model's, else the gateway's default.
+    fn max_output(&self, model_max: Option<u64>, default: u64) -> u64 {
+        let per_choice = self
+            .max_completion_tokens
+            .or(self.max_tokens)
+            .or(model_max)
+            .unwrap_or(default);
+        per_choice.saturating_mul(self.n.max(self.best_of).unwrap_or(1).max(1))
+    }
+
+    /// A stream whose client did not ask for usage: the gateway asks for
+    /// it (P2), and hides the usage chunk from the client again.
+    fn needs_usage_asked(&self) -> bool {
+        let streaming = self.stream.unwrap_or(false);
+        let client_wants_usage = self
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+        streaming && !client_wants_usage
+    }
+}
+
 #[derive(Deserialize)]
 struct StreamOptions {
     #[serde(default)]
@@ -184,15 +227,7 @@ async fn phases(
 
     // Body: bounded before it is read whole (P4).
     let body = read_body(&parts.headers, body, app.config.max_body_bytes).await?;
-    // An object, not any JSON: serde would fill `Probe` from an array too.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ProxyError::InvalidRequest(
-            "The request body must be a JSON object of the OpenAI API.",
-        ));
-    }
-    let probe: Probe<'_> = serde_json::from_slice(&body).map_err(|_| {
-        ProxyError::InvalidRequest("The request body must be a JSON object of the OpenAI API.")
-    })?;
+    let probe = Probe::of(&body)?;
     let model = probe
         .model
         .as_deref()
@@ -202,12 +237,10 @@ async fn phases(
     let pricing = app.pricing.load_full();
     let price = pricing.get(model).ok_or(ProxyError::ModelNotFound)?;
     let max_output = if route.generates() {
-        let per_choice = probe
-            .max_completion_tokens
-            .or(probe.max_tokens)
-            .or(price.max_output_tokens)
-            .unwrap_or(app.config.default_max_output_tokens);
-        per_choice.saturating_mul(probe.n.max(probe.best_of).unwrap_or(1).max(1))
+        probe.max_output(
+            price.max_output_tokens,
+            app.config.default_max_output_tokens,
+        )
     } else {
         0
     };
@@ -225,12 +258,7 @@ async fn phases(
     metrics::hold(true);
 
     // Ask for usage in streams (P2); hide it again if the client did not.
-    let streaming = probe.stream.unwrap_or(false);
-    let client_wants_usage = probe
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
+    let inject = probe.needs_usage_asked();
     let billing = Billing {
         hold,
         pricing: pricing.clone(),
@@ -239,7 +267,6 @@ async fn phases(
         entry: entry.clone(),
         request_body: body.clone(),
     };
-    let inject = streaming && !client_wants_usage;
     let forwarded = if inject {
         with_include_usage(&body)?
     } else {
@@ -259,7 +286,18 @@ async fn phases(
         .send(base, route.path(), parts.headers, forwarded)
         .await?;
     metrics::upstream_latency(route.label(), sent.elapsed());
+    answer(app, route, billing, upstream, inject).await
+}
 
+/// Phases 7 and 8 for the upstream's answer: metered and settled, then
+/// passed on (a stream as it arrives); an upstream failure is not billed.
+async fn answer(
+    app: &App,
+    route: Route,
+    billing: Billing,
+    upstream: UpstreamResponse,
+    inject: bool,
+) -> Result<Response, ProxyError> {
     let status = upstream.status;
     if status.is_server_error() {
         // P5, U4: not billed; dropping `billing` releases the hold.

@@ -1,67 +1,12 @@
-//! Meter: reads token usage from responses as they pass (P2, U1, U4).
-//! Pure, no I/O: `usage_of_json` reads a whole JSON body; `SseMeter` is fed
-//! a stream's bytes chunk by chunk, hands back the bytes to forward (whole
-//! events, as soon as each is complete), and remembers the usage chunk and
-//! how much text went by, for a stream cut short.
-//!
-//! When the gateway itself asked for `stream_options.include_usage`, the
-//! usage-only chunk (`"choices": []`) is the gateway's business and is not
-//! forwarded: the client gets the shape it asked for.
+//! The usage fast path: the top-level `usage` of a whole JSON response
+//! read from the body's tail, without parsing the rest (`trailing_usage`,
+//! and the strict little JSON `Cursor` it reads with). It answers only
+//! when it is certain; otherwise `usage_of_json` asks serde.
 
 use std::sync::LazyLock;
 
-use bytes::{Bytes, BytesMut};
-use serde::Deserialize;
-
+use super::{WireDetails, WireUsage};
 use crate::pricing::Usage;
-
-#[derive(Deserialize)]
-struct WireUsage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-    #[serde(default)]
-    prompt_tokens_details: Option<WireDetails>,
-}
-
-#[derive(Deserialize)]
-struct WireDetails {
-    #[serde(default)]
-    cached_tokens: Option<u64>,
-}
-
-impl From<WireUsage> for Usage {
-    fn from(w: WireUsage) -> Usage {
-        let cached = w
-            .prompt_tokens_details
-            .and_then(|d| d.cached_tokens)
-            .unwrap_or(0)
-            .min(w.prompt_tokens);
-        Usage {
-            input_tokens: w.prompt_tokens,
-            cached_tokens: cached,
-            output_tokens: w.completion_tokens,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct WithUsage {
-    #[serde(default)]
-    usage: Option<WireUsage>,
-}
-
-/// The `usage` of a non-streamed response (chat, completions, embeddings).
-pub fn usage_of_json(body: &[u8]) -> Option<Usage> {
-    if let Some(u) = trailing_usage(body) {
-        return Some(u);
-    }
-    serde_json::from_slice::<WithUsage>(body)
-        .ok()
-        .and_then(|w| w.usage)
-        .map(Usage::from)
-}
 
 /// Searchers built once: building one per call costs more than the search.
 static EARLIER_KEY: LazyLock<memchr::memmem::Finder<'static>> =
@@ -90,7 +35,7 @@ static UNICODE_ESCAPE: LazyLock<memchr::memmem::Finder<'static>> =
 /// the match is well-formed: a malformed body with a well-formed tail is
 /// billed by the usage it reports, where serde would refuse the body and
 /// the bill would be an estimate.
-fn trailing_usage(body: &[u8]) -> Option<Usage> {
+pub(super) fn trailing_usage(body: &[u8]) -> Option<Usage> {
     const KEY: &[u8] = b"\"usage\"";
     // The last `"usage"`, from the end: memchr's two-way `rfind` builds a
     // searcher per call, dearer than stepping back over the few quotes
@@ -333,184 +278,10 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Tokens in a text by the usual rule of thumb (4 bytes a token), at least
-/// one for any non-empty text. Used only when the upstream never reported
-/// usage (a cancelled stream, U4).
-pub fn estimate_tokens(bytes: usize) -> u64 {
-    bytes.div_ceil(4) as u64
-}
-
-#[derive(Deserialize)]
-struct Chunk<'a> {
-    #[serde(default, borrow)]
-    choices: Option<Vec<ChunkChoice<'a>>>,
-    #[serde(default)]
-    usage: Option<WireUsage>,
-}
-
-#[derive(Deserialize)]
-struct ChunkChoice<'a> {
-    #[serde(default, borrow)]
-    delta: Option<Delta<'a>>,
-    /// Completions stream `text` instead of `delta.content`.
-    #[serde(default, borrow)]
-    text: Option<std::borrow::Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Delta<'a> {
-    #[serde(default, borrow)]
-    content: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// Incremental reader of an SSE response.
-#[derive(Default)]
-pub struct SseMeter {
-    buf: BytesMut,
-    /// Drop the usage-only chunk (the gateway injected include_usage).
-    hide_usage_chunk: bool,
-    usage: Option<Usage>,
-    text_bytes: usize,
-    done: bool,
-}
-
-impl SseMeter {
-    pub fn new(hide_usage_chunk: bool) -> SseMeter {
-        SseMeter {
-            hide_usage_chunk,
-            ..SseMeter::default()
-        }
-    }
-
-    /// The usage the upstream reported, if it has yet.
-    pub fn usage(&self) -> Option<Usage> {
-        self.usage
-    }
-
-    /// Bytes of generated text seen so far.
-    pub fn text_bytes(&self) -> usize {
-        self.text_bytes
-    }
-
-    /// `data: [DONE]` seen.
-    pub fn done(&self) -> bool {
-        self.done
-    }
-
-    /// Feed bytes from the upstream; returns the bytes to send on now
-    /// (every event completed by this chunk). Incomplete events wait.
-    pub fn push(&mut self, chunk: Bytes) -> Bytes {
-        if self.buf.is_empty() && !self.hide_usage_chunk {
-            // Common case: scan in place, forward what is complete, no copy.
-            let complete = self.scan(&chunk);
-            self.buf.extend_from_slice(&chunk[complete..]);
-            return chunk.slice(..complete);
-        }
-        self.buf.extend_from_slice(&chunk);
-        let mut out = BytesMut::with_capacity(self.buf.len());
-        let data = std::mem::take(&mut self.buf);
-        let mut start = 0;
-        while let Some(len) = event_len(&data[start..]) {
-            let event = &data[start..start + len];
-            if !self.observe(event) {
-                out.extend_from_slice(event);
-            }
-            start += len;
-        }
-        self.buf.extend_from_slice(&data[start..]);
-        out.freeze()
-    }
-
-    /// Whatever is left when the upstream ends (an unterminated event).
-    pub fn finish(&mut self) -> Bytes {
-        let rest = std::mem::take(&mut self.buf);
-        if !rest.is_empty() {
-            self.observe(&rest);
-        }
-        rest.freeze()
-    }
-
-    /// Observe every complete event at the start of `data`; returns how
-    /// many bytes they span. Used when nothing needs hiding.
-    fn scan(&mut self, data: &[u8]) -> usize {
-        let mut start = 0;
-        while let Some(len) = event_len(&data[start..]) {
-            self.observe(&data[start..start + len]);
-            start += len;
-        }
-        start
-    }
-
-    /// Read one event; true if it must not be forwarded.
-    fn observe(&mut self, event: &[u8]) -> bool {
-        let mut hide = false;
-        for line in event.split(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(payload) = line.strip_prefix(b"data:") else {
-                continue;
-            };
-            let payload = payload.strip_prefix(b" ").unwrap_or(payload);
-            if payload == b"[DONE]" {
-                self.done = true;
-                continue;
-            }
-            let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(payload) else {
-                continue;
-            };
-            let choices = chunk.choices.unwrap_or_default();
-            for c in &choices {
-                let text = c
-                    .delta
-                    .as_ref()
-                    .and_then(|d| d.content.as_ref())
-                    .or(c.text.as_ref());
-                self.text_bytes += text.map_or(0, |t| t.len());
-            }
-            if let Some(u) = chunk.usage {
-                self.usage = Some(u.into());
-                hide |= self.hide_usage_chunk && choices.is_empty();
-            }
-        }
-        hide
-    }
-}
-
-/// Length of the first complete event in `data` (through its blank line).
-fn event_len(data: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < data.len() {
-        if data[i] == b'\n' {
-            if data.get(i + 1) == Some(&b'\n') {
-                return Some(i + 2);
-            }
-            if data.get(i + 1) == Some(&b'\r') && data.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::{usage_of_json, WithUsage};
     use super::*;
-
-    const SSE: &str =
-        include_str!("../../tests/fixtures/openai/chat_completion_stream_with_usage.sse");
-
-    #[test]
-    fn reads_usage_and_cached_tokens_from_json() {
-        let body = include_bytes!("../../tests/fixtures/openai/chat_completion.json");
-        let u = usage_of_json(body).unwrap();
-        assert_eq!(
-            (u.input_tokens, u.cached_tokens, u.output_tokens),
-            (1219, 1024, 10)
-        );
-        let e = include_bytes!("../../tests/fixtures/openai/embeddings.json");
-        assert_eq!(usage_of_json(e).unwrap().output_tokens, 0);
-        assert_eq!(usage_of_json(b"{\"id\":1}"), None);
-    }
 
     /// The tail-first fast path agrees with the full parse, or stands
     /// aside for it.
@@ -523,9 +294,9 @@ mod tests {
                 .map(Usage::from)
         };
         let fixtures: [&[u8]; 3] = [
-            include_bytes!("../../tests/fixtures/openai/chat_completion.json"),
-            include_bytes!("../../tests/fixtures/openai/completion.json"),
-            include_bytes!("../../tests/fixtures/openai/embeddings.json"),
+            include_bytes!("../../../tests/fixtures/openai/chat_completion.json"),
+            include_bytes!("../../../tests/fixtures/openai/completion.json"),
+            include_bytes!("../../../tests/fixtures/openai/embeddings.json"),
         ];
         for f in fixtures {
             assert!(
@@ -637,51 +408,5 @@ b"}"#
                 proptest::prop_assert_eq!(usage_of_json(&text), full(&text));
             }
         }
-    }
-
-    #[test]
-    fn sse_passes_through_unchanged_in_any_chunking() {
-        for size in [1, 2, 7, 64, 4096] {
-            let mut m = SseMeter::new(false);
-            let mut out = Vec::new();
-            for piece in SSE.as_bytes().chunks(size) {
-                out.extend_from_slice(&m.push(Bytes::copy_from_slice(piece)));
-            }
-            out.extend_from_slice(&m.finish());
-            assert_eq!(String::from_utf8(out).unwrap(), SSE, "chunk size {size}");
-            let u = m.usage().unwrap();
-            assert!(u.input_tokens > 0 && u.output_tokens > 0);
-            assert!(m.done());
-            assert_eq!(m.text_bytes(), "Hello! How can I help?".len());
-        }
-    }
-
-    #[test]
-    fn injected_usage_chunk_is_hidden_and_still_read() {
-        let mut m = SseMeter::new(true);
-        let mut out = Vec::new();
-        for piece in SSE.as_bytes().chunks(5) {
-            out.extend_from_slice(&m.push(Bytes::copy_from_slice(piece)));
-        }
-        out.extend_from_slice(&m.finish());
-        let out = String::from_utf8(out).unwrap();
-        assert!(m.usage().is_some());
-        assert!(!out.contains("\"choices\":[]"));
-        assert!(out.ends_with("data: [DONE]\n\n"));
-        assert_eq!(
-            out.matches("data:").count(),
-            SSE.matches("data:").count() - 1
-        );
-    }
-
-    #[test]
-    fn crlf_events_are_framed() {
-        let mut m = SseMeter::new(false);
-        let text =
-            "data: {\"choices\":[{\"delta\":{\"content\":\"abcd\"}}]}\r\n\r\ndata: [DONE]\r\n\r\n";
-        let out = m.push(Bytes::from_static(text.as_bytes()));
-        assert_eq!(out.len(), text.len());
-        assert_eq!(m.text_bytes(), 4);
-        assert!(m.done());
     }
 }
