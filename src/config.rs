@@ -71,6 +71,7 @@ struct RawConfig {
     upstream_read_timeout_ms: Option<u64>,
     flush_interval_ms: Option<u64>,
     default_max_output_tokens: Option<u64>,
+    default_context_window: Option<u64>,
     session_ttl_hours: Option<u64>,
     negative_cache_ttl_ms: Option<u64>,
     log_format: Option<String>,
@@ -120,6 +121,9 @@ pub struct Config {
     pub upstream_read_timeout: Duration,
     pub flush_interval: Duration,
     pub default_max_output_tokens: u64,
+    /// Input tokens a request with non-text input may carry, for a model
+    /// whose pricing sets no `context_window` (M7).
+    pub default_context_window: u64,
     pub session_ttl: Duration,
     pub negative_cache_ttl: Duration,
     pub log_format: LogFormat,
@@ -232,6 +236,11 @@ impl Config {
                 "default_max_output_tokens",
                 raw.default_max_output_tokens,
                 "4096",
+            )?,
+            default_context_window: ms(
+                "default_context_window",
+                raw.default_context_window,
+                "128000",
             )?,
             session_ttl: Duration::from_secs(
                 3600 * ms("session_ttl_hours", raw.session_ttl_hours, "168")?.max(1),

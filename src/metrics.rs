@@ -19,6 +19,8 @@ pub const SETTLEMENTS: &str = "tollgate_wallet_settlements_total";
 pub const SPEND: &str = "tollgate_wallet_spend_nanodollars_total";
 pub const SUSPENSIONS: &str = "tollgate_wallet_suspension_changes_total";
 pub const API_REQUESTS: &str = "tollgate_api_requests_total";
+pub const USAGE_CLAMPED: &str = "tollgate_meter_usage_clamped_total";
+pub const UPSTREAM_IN_BAND_ERRORS: &str = "tollgate_upstream_in_band_errors_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -120,6 +122,14 @@ fn describe() {
         "Wallets crossing the suspension threshold, by direction."
     );
     describe_counter!(API_REQUESTS, "Management API requests by status class.");
+    describe_counter!(
+        USAGE_CLAMPED,
+        "Upstream usage counts above what the request could produce, clamped (M3), by route."
+    );
+    describe_counter!(
+        UPSTREAM_IN_BAND_ERRORS,
+        "200 answers that were upstream errors (an error body or event, M5), by route."
+    );
 }
 
 pub fn proxy_request(route: &'static str, status: u16, took: Duration) {
@@ -193,6 +203,16 @@ pub fn settlement(cost: Nanos) {
 pub fn wallet_suspension(suspended: bool) {
     let direction = if suspended { "suspended" } else { "resumed" };
     counter!(SUSPENSIONS, "direction" => direction).increment(1);
+}
+
+/// M3: a usage count clamped to the request's bounds. Rare: not cached.
+pub fn usage_clamped(route: &'static str) {
+    counter!(USAGE_CLAMPED, "route" => route).increment(1);
+}
+
+/// M5: an in-band upstream error (rare: not cached).
+pub fn upstream_in_band_error(route: &'static str) {
+    counter!(UPSTREAM_IN_BAND_ERRORS, "route" => route).increment(1);
 }
 
 pub fn api_request(status: u16) {

@@ -22,8 +22,9 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Input plus output; saturating, so no count can wrap it (M3).
     pub fn total_tokens(&self) -> u64 {
-        self.input_tokens + self.output_tokens
+        self.input_tokens.saturating_add(self.output_tokens)
     }
 }
 
@@ -53,6 +54,7 @@ struct RawModel {
     cached_input: Option<String>,
     max_output_tokens: Option<u64>,
     upstream_url: Option<String>,
+    context_window: Option<u64>,
 }
 
 /// One model's prices, kept in nano-dollars per token (price per million
@@ -64,6 +66,8 @@ pub struct ModelPrice {
     pub output: Decimal,
     pub max_output_tokens: Option<u64>,
     pub upstream_url: Option<String>,
+    /// The most input tokens a call can carry (M3, M7), where set.
+    pub context_window: Option<u64>,
 }
 
 impl ModelPrice {
@@ -138,6 +142,7 @@ impl Pricing {
                     output,
                     max_output_tokens: m.max_output_tokens,
                     upstream_url: m.upstream_url,
+                    context_window: m.context_window,
                 },
             );
         }

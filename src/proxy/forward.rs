@@ -24,8 +24,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// The request head for `POST prefix + path`: `host`, the gateway's
-/// `auth`, the client's headers minus its key, `Host`, `Content-Length`,
-/// `Expect` and hop-by-hop headers, and the body's length. Sized so that
+/// `auth`, the client's headers minus its key (P6, P6b: the caller has
+/// removed `api-key`, `x-api-key` and any other header carrying it),
+/// `Host`, `Content-Length`, `Expect`, `Accept-Encoding` and hop-by-hop
+/// headers, `Accept-Encoding: identity` (M1: the meter reads plain
+/// bytes), and the body's length. Sized so that
 /// a small `body` can be appended to it for one write.
 pub fn request_head(
     prefix: &str,
@@ -46,10 +49,15 @@ pub fn request_head(
     if let Some(auth) = auth {
         push_header(&mut head, header::AUTHORIZATION.as_str(), auth.as_bytes());
     }
+    head.extend_from_slice(b"accept-encoding: identity\r\n");
     for (name, value) in &headers {
         if matches!(
             *name,
-            header::AUTHORIZATION | header::HOST | header::CONTENT_LENGTH | header::EXPECT
+            header::AUTHORIZATION
+                | header::HOST
+                | header::CONTENT_LENGTH
+                | header::EXPECT
+                | header::ACCEPT_ENCODING
         ) {
             continue;
         }

@@ -111,6 +111,24 @@ pub struct UsageFacts {
     pub model: String,
     #[serde(flatten)]
     pub usage: Usage,
+    /// How the request ended (U1); entries written before it existed read
+    /// as `completed`.
+    #[serde(default)]
+    pub status: RequestStatus,
+}
+
+/// How a billed request ended (U1, U4, M9).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    /// The answer reached the client whole.
+    #[default]
+    Completed,
+    /// The client left a stream early; billed for what was produced (U4a).
+    Cancelled,
+    /// The client left before a non-streamed answer ended; it was read to
+    /// its end and billed by its usage (M9).
+    ClientClosed,
 }
 
 /// One money movement (B9). `paid` and `promo` are signed deltas.
