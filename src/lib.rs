@@ -23,7 +23,8 @@
 //! - `api`: the management API; `api::error` is the one error -> HTTP table.
 //! - `usage`: 30-day reports from the day buckets (pure aggregation).
 //! - `money`, `ids`, `clock`, `config`, `metrics`: the shared vocabulary.
-//! - `mock_upstream`: a fake OpenAI upstream for the demo, tests and benches.
+//! - `demo`: the whole product in one process, with the fake upstream of
+//!   `crates/mock-upstream` (which the tests and benches use too).
 
 pub mod accounts;
 pub mod api;
@@ -35,7 +36,6 @@ pub mod demo;
 pub mod ids;
 pub mod mailer;
 pub mod metrics;
-pub mod mock_upstream;
 pub mod money;
 pub mod pricing;
 pub mod proxy;
