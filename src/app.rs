@@ -63,6 +63,7 @@ impl App {
             store.clone(),
             config.suspend_threshold,
             config.flush_interval,
+            config.flush_failure_bound,
             ids.nonce(),
             clock.clone(),
         ));

@@ -160,7 +160,10 @@ async fn stop_background(app: &App) {
     app.shutdown.cancel();
     app.tasks.close();
     app.tasks.wait().await;
-    // integrator: { let t = app.wallets.tasks(); t.close(); t.wait().await; }
+    // The wallets' own writes (flush, withdraw, credit) last.
+    let wallet_tasks = app.wallets.tasks();
+    wallet_tasks.close();
+    wallet_tasks.wait().await;
 }
 
 /// A gateway running in this process (tests, the demo).
