@@ -248,7 +248,7 @@ fn main() {
 /// (allocations per request direct, through a gateway), all threads,
 /// sequential requests on one kept-alive connection.
 async fn end_to_end() -> (f64, f64) {
-    let mock = tollgate::mock_upstream::MockUpstream::new();
+    let mock = tollgate_mock_upstream::MockUpstream::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

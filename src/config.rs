@@ -70,6 +70,7 @@ struct RawConfig {
     upstream_connect_timeout_ms: Option<u64>,
     upstream_read_timeout_ms: Option<u64>,
     flush_interval_ms: Option<u64>,
+    flush_failure_bound_ms: Option<u64>,
     default_max_output_tokens: Option<u64>,
     default_context_window: Option<u64>,
     session_ttl_hours: Option<u64>,
@@ -120,6 +121,9 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     pub upstream_read_timeout: Duration,
     pub flush_interval: Duration,
+    /// How long a wallet's flushes may keep failing before it refuses new
+    /// holds (503), so unpersisted spend stays bounded.
+    pub flush_failure_bound: Duration,
     pub default_max_output_tokens: u64,
     /// Input tokens a request with non-text input may carry, for a model
     /// whose pricing sets no `context_window` (M7).
@@ -164,35 +168,13 @@ impl Config {
     fn from_raw(raw: RawConfig, env: &dyn Env, origin: &str) -> Result<Config, ConfigError> {
         let s = Settings { env, origin };
         let listen: SocketAddr = s.parsed("listen", raw.listen, "127.0.0.1:8080")?;
-        let store_text = s
-            .text("store", raw.store)
-            .unwrap_or_else(|| "memory".into());
-        let store = if store_text == "memory" {
-            StoreConfig::Memory
-        } else if store_text.starts_with("redis://") || store_text.starts_with("rediss://") {
-            StoreConfig::Redis { url: store_text }
-        } else {
-            return Err(s.invalid("store", "must be `memory` or a redis:// URL"));
-        };
-        let threshold_text = s
-            .text("suspend_threshold", raw.suspend_threshold)
-            .unwrap_or_else(|| "0.05".into());
-        let suspend_threshold = parse_amount(&threshold_text, AmountRules::ANY)
-            .map_err(|e| s.invalid("suspend_threshold", &e.to_string()))?;
+        let store = s.store(raw.store)?;
+        let suspend_threshold = s.amount("suspend_threshold", raw.suspend_threshold, "0.05")?;
         let public_url = s
             .text("public_url", raw.public_url)
             .unwrap_or_else(|| format!("http://{listen}"));
-        let log_format = match s.text("log_format", raw.log_format).as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(_) => return Err(s.invalid("log_format", "must be `text` or `json`")),
-        };
-        let upstream_url = s
-            .text("upstream_url", raw.upstream_url)
-            .unwrap_or_else(|| "http://127.0.0.1:9000".into());
-        if !upstream_url.starts_with("http://") {
-            return Err(s.invalid("upstream_url", "must be an http:// URL"));
-        }
+        let log_format = s.log_format(raw.log_format)?;
+        let upstream_url = s.upstream_url(raw.upstream_url)?;
         let ms = |key, v: Option<u64>, d| s.parsed::<u64>(key, v.map(|v| v.to_string()), d);
         Ok(Config {
             listen,
@@ -232,6 +214,11 @@ impl Config {
             flush_interval: Duration::from_millis(
                 ms("flush_interval_ms", raw.flush_interval_ms, "10")?.max(1),
             ),
+            flush_failure_bound: Duration::from_millis(ms(
+                "flush_failure_bound_ms",
+                raw.flush_failure_bound_ms,
+                "5000",
+            )?),
             default_max_output_tokens: ms(
                 "default_max_output_tokens",
                 raw.default_max_output_tokens,
@@ -293,6 +280,47 @@ impl Settings<'_> {
             origin: self.origin_of(key),
             message: message.to_string(),
         }
+    }
+
+    /// `store`: `memory` or a redis:// URL, never a silent fallback.
+    fn store(&self, file: Option<String>) -> Result<StoreConfig, ConfigError> {
+        let text = self.text("store", file).unwrap_or_else(|| "memory".into());
+        if text == "memory" {
+            Ok(StoreConfig::Memory)
+        } else if text.starts_with("redis://") || text.starts_with("rediss://") {
+            Ok(StoreConfig::Redis { url: text })
+        } else {
+            Err(self.invalid("store", "must be `memory` or a redis:// URL"))
+        }
+    }
+
+    /// A money amount in USD, as written (`"0.05"`).
+    fn amount(
+        &self,
+        key: &'static str,
+        file: Option<String>,
+        default: &str,
+    ) -> Result<Nanos, ConfigError> {
+        let text = self.text(key, file).unwrap_or_else(|| default.into());
+        parse_amount(&text, AmountRules::ANY).map_err(|e| self.invalid(key, &e.to_string()))
+    }
+
+    fn log_format(&self, file: Option<String>) -> Result<LogFormat, ConfigError> {
+        match self.text("log_format", file).as_deref() {
+            None | Some("text") => Ok(LogFormat::Text),
+            Some("json") => Ok(LogFormat::Json),
+            Some(_) => Err(self.invalid("log_format", "must be `text` or `json`")),
+        }
+    }
+
+    fn upstream_url(&self, file: Option<String>) -> Result<String, ConfigError> {
+        let url = self
+            .text("upstream_url", file)
+            .unwrap_or_else(|| "http://127.0.0.1:9000".into());
+        if !url.starts_with("http://") {
+            return Err(self.invalid("upstream_url", "must be an http:// URL"));
+        }
+        Ok(url)
     }
 
     fn parsed<T: FromStr>(
@@ -384,6 +412,17 @@ mod tests {
         assert_eq!(c.suspend_threshold, d.suspend_threshold);
         assert_eq!(c.flush_interval, d.flush_interval);
         assert_eq!(c.team_close_wait, d.team_close_wait);
+    }
+
+    #[test]
+    fn the_flush_failure_bound_defaults_to_five_seconds_and_can_be_set() {
+        let d = Config::default();
+        assert_eq!(d.flush_failure_bound, Duration::from_secs(5));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tollgate.toml");
+        let c = Config::load(Some(&path), &env(&[])).unwrap();
+        assert_eq!(c.flush_failure_bound, d.flush_failure_bound);
+        let c = Config::load(None, &env(&[("TOLLGATE_FLUSH_FAILURE_BOUND_MS", "750")])).unwrap();
+        assert_eq!(c.flush_failure_bound, Duration::from_millis(750));
     }
 
     #[test]

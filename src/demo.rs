@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tollgate_mock_upstream::MockUpstream;
 
 use crate::billing::{self, DepositKind};
 use crate::config::{Config, Secret, StoreConfig};
 use crate::ids;
-use crate::mock_upstream::MockUpstream;
 use crate::money::Nanos;
 use crate::pricing::Pricing;
 use crate::server::{start, Running, ServeError};

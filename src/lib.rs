@@ -6,29 +6,43 @@
 //!
 //! # Layout
 //! In the order a proxied request meets them:
-//! - `server`: listeners, graceful shutdown; `run` and `start` live here.
+//! - `server`: listeners and graceful shutdown; `run` and `start` live here.
+//! - `app`: `App`, everything a handler can reach; `boot`; the one tracker
+//!   of background tasks that `server::run` awaits on shutdown.
 //! - `proxy`: THE HOT PATH, phase by phase (auth, gate, price, hold,
-//!   forward, meter, settle, log).
-//! - `auth`: the API key format, `auth::keys` (the one minting path) and
-//!   the key cache the proxy reads.
+//!   forward, meter, settle, log); `proxy::upstream` is the upstream client
+//!   behind one seam, with the pure response framing in
+//!   `proxy::upstream::wire`.
+//! - `auth`: the API key format and the key cache the proxy reads;
+//!   `auth::keys` is the one key-minting path, personal and team.
 //! - `pricing`: USD per million tokens per model; cost and hold estimates.
-//! - `wallet`: one actor per wallet, the only writer of its balance; the
-//!   pure arithmetic in `wallet::ledger`; `wallet::transfer` moves money
-//!   between wallets under a transfer id, with `recover`.
-//! - `billing`: deposits from outside with their idempotency
-//!   (`KeyedLocks`) and the reconciliation report.
-//! - `accounts`: users, sessions, personal keys; teams (`accounts::teams`,
-//!   `invites`, `team_keys`, `reports`); `accounts::rules` is the role
-//!   table as pure functions; `mailer` delivers the invite emails.
-//! - `store`: the `Store` trait; the memory store and the Redis store,
-//!   held to one contract suite.
-//! - `api`: the management API; `api::error` is the one error -> HTTP table.
+//! - `wallet`: one actor per wallet (`wallet::actor`, one method per
+//!   message), the only writer of its balance, found through
+//!   `wallet::registry`; the pure arithmetic in `wallet::ledger`;
+//!   `wallet::transfer` moves money between wallets under a transfer id,
+//!   with `recover` for the ones a crash interrupted.
+//! - `billing`: deposits from outside with their idempotency, and the
+//!   reconciliation report; `KeyedLocks` keeps a deposit from
+//!   running twice at once.
+//! - `accounts`: users, sessions, personal keys; `accounts::rules` is the
+//!   role table as pure functions; `accounts::teams` the team lifecycle
+//!   rules; `accounts::invites` the invitations, which `mailer` delivers.
+//! - `store`: the `Store` supertrait over one trait per concern, the record
+//!   types in `store::records`; `store::memory` and `store::redis_store`
+//!   (connection and key names, ledger, records, pub/sub), held to one
+//!   contract suite.
+//! - `api`: the management API; each handler parses, calls one domain
+//!   function and maps the result; `api::error` is the one error -> HTTP
+//!   table.
 //! - `usage`: 30-day reports from the day buckets (pure aggregation).
 //! - `money`, `ids`, `clock`, `config`, `metrics`: the shared vocabulary.
-//! - `mock_upstream`: a fake OpenAI upstream for the demo, tests and benches.
+//! - `demo`: `tollgate demo`, the whole product in one process, with the
+//!   fake upstream of the `tollgate-mock-upstream` crate
+//!   (`crates/mock-upstream`), which the tests and benches use too.
 
 pub mod accounts;
 pub mod api;
+pub mod app;
 pub mod auth;
 pub mod billing;
 pub mod clock;
@@ -37,7 +51,6 @@ pub mod demo;
 pub mod ids;
 pub mod mailer;
 pub mod metrics;
-pub mod mock_upstream;
 pub mod money;
 pub mod pricing;
 pub mod proxy;
@@ -46,147 +59,6 @@ pub mod store;
 pub mod usage;
 pub mod wallet;
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
-
-use accounts::{Accounts, Teams};
-use auth::KeyCache;
-use clock::{Clock, SystemClock};
-use config::Config;
-use ids::RequestIds;
-use mailer::Mailer;
-use pricing::Pricing;
-use proxy::forward::Upstream;
-use store::Store;
-use wallet::WalletRegistry;
-
+pub use app::{App, WALLET_IDLE_AFTER};
 pub use billing::{ForgetLock, KeyedLocks};
 pub use server::{start, Running};
-
-/// How long a wallet's actor may sit unused before it is stopped.
-pub const WALLET_IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
-
-/// Everything a request handler can reach. Built once, shared by `Arc`.
-pub struct App {
-    pub config: Config,
-    pub store: Arc<dyn Store>,
-    /// Swapped whole on reload; readers never wait.
-    pub pricing: ArcSwap<Pricing>,
-    pub wallets: Arc<WalletRegistry>,
-    pub keys: Arc<KeyCache>,
-    pub accounts: Accounts,
-    pub teams: Arc<Teams>,
-    pub clock: Arc<dyn Clock>,
-    pub upstream: Upstream,
-    pub ids: RequestIds,
-    pub locks: KeyedLocks,
-}
-
-impl App {
-    pub fn new(config: Config, store: Arc<dyn Store>, pricing: Pricing) -> App {
-        App::with_clock(config, store, pricing, Arc::new(SystemClock))
-    }
-
-    pub fn with_clock(
-        config: Config,
-        store: Arc<dyn Store>,
-        pricing: Pricing,
-        clock: Arc<dyn Clock>,
-    ) -> App {
-        let ids = RequestIds::default();
-        let wallets = Arc::new(WalletRegistry::new(
-            store.clone(),
-            config.suspend_threshold,
-            config.flush_interval,
-            ids.nonce(),
-            clock.clone(),
-        ));
-        let keys = Arc::new(KeyCache::new(config.negative_cache_ttl));
-        let mailer = Mailer::new(
-            store.clone(),
-            clock.clone(),
-            config.mailer_webhook_url.clone(),
-        );
-        App {
-            pricing: ArcSwap::from_pointee(pricing),
-            teams: Arc::new(Teams::new(
-                store.clone(),
-                wallets.clone(),
-                keys.clone(),
-                clock.clone(),
-                mailer,
-                config.public_url.clone(),
-                config.team_close_wait,
-            )),
-            wallets,
-            keys,
-            accounts: Accounts::new(store.clone(), clock.clone(), config.session_ttl),
-            clock,
-            upstream: Upstream::new(
-                config.upstream_api_key.as_ref().map(|s| s.0.as_str()),
-                config.upstream_connect_timeout,
-                config.upstream_read_timeout,
-            ),
-            ids,
-            locks: KeyedLocks::default(),
-            store,
-            config,
-        }
-    }
-
-    /// Work done once before serving: finish interrupted transfers, follow
-    /// other instances' changes, retry undelivered mail.
-    pub async fn boot(self: &Arc<Self>) -> Result<(), accounts::TeamError> {
-        let finished = self.teams.recover().await?;
-        if finished > 0 {
-            tracing::warn!(finished, "finished transfers interrupted by the last stop");
-        }
-        // Stop wallet actors nobody used for a while (their memory goes;
-        // the next use starts them again from the store).
-        let app = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(WALLET_IDLE_AFTER / 2).await;
-                let Some(a) = app.upgrade() else { break };
-                let stopped = a.wallets.stop_idle(WALLET_IDLE_AFTER).await;
-                if stopped > 0 {
-                    tracing::debug!(stopped, "stopped idle wallet actors");
-                }
-            }
-        });
-        if let Some(mut changes) = self.store.subscribe() {
-            let app = Arc::downgrade(self);
-            tokio::spawn(async move {
-                while let Some(change) = changes.recv().await {
-                    let Some(app) = app.upgrade() else { break };
-                    match change {
-                        store::Change::Key(hash) => app.keys.invalidate(&hash),
-                        store::Change::Wallet(id) => app.wallets.resync(&id),
-                    }
-                }
-            });
-        }
-        let mailer = self.teams.mailer().clone();
-        tokio::spawn(mailer.retry_loop(std::time::Duration::from_secs(5)));
-        tokio::spawn(Teams::retry_loop(
-            Arc::downgrade(&self.teams),
-            std::time::Duration::from_secs(30),
-        ));
-        // Usage buckets older than 90 days go, now and daily.
-        let app = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let Some(a) = app.upgrade() else { break };
-                let before =
-                    a.clock.now().date_naive() - chrono::Duration::days(i64::from(usage::MAX_DAYS));
-                if let Err(e) = a.store.prune_usage(before).await {
-                    tracing::warn!(error = %e, "usage pruning failed");
-                }
-                drop(a);
-                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-            }
-        });
-        Ok(())
-    }
-}

@@ -108,7 +108,7 @@ async fn mock_upstream(listen: SocketAddr) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     tracing::info!(%listen, "mock upstream serving");
-    tollgate::mock_upstream::MockUpstream::new()
+    tollgate_mock_upstream::MockUpstream::new()
         .serve(listener, tollgate::server::shutdown_signal())
         .await
         .map_err(|e| e.to_string())

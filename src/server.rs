@@ -1,6 +1,7 @@
 //! Server: binds the routes to listeners and shuts down gracefully. On
-//! shutdown every wallet is flushed before `run` returns, so a SIGTERM
-//! loses no settlement.
+//! shutdown every wallet is flushed, then the app's background tasks are
+//! stopped and awaited, before `run` returns, so a SIGTERM loses no
+//! settlement and leaves no task behind.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -132,7 +133,7 @@ pub async fn run(
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut metrics_stop = stop_rx.clone();
-    let metrics_task = tokio::spawn(async move {
+    let metrics_task = app.tasks.spawn(async move {
         axum::serve(metrics, metrics_router)
             .with_graceful_shutdown(async move {
                 let _ = metrics_stop.wait_for(|s| *s).await;
@@ -149,7 +150,20 @@ pub async fn run(
         tracing::error!(error = %e, "final wallet flush failed");
     }
     drop(stop_rx);
+    stop_background(&app).await;
     Ok(served?)
+}
+
+/// After the final flush: signal the background loops, close the tracker
+/// and wait for every task on it to end.
+async fn stop_background(app: &App) {
+    app.shutdown.cancel();
+    app.tasks.close();
+    app.tasks.wait().await;
+    // The wallets' own writes (flush, withdraw, credit) last.
+    let wallet_tasks = app.wallets.tasks();
+    wallet_tasks.close();
+    wallet_tasks.wait().await;
 }
 
 /// A gateway running in this process (tests, the demo).

@@ -20,6 +20,7 @@ async fn a_hold_abandoned_while_waiting_for_the_actor_is_released() {
         Arc::new(MemoryStore::new()),
         Nanos(50_000_000),
         Duration::from_millis(5),
+        Duration::from_secs(5),
         1,
         Arc::new(SystemClock),
     );

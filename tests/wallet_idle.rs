@@ -28,6 +28,7 @@ async fn idle_actors_stop_and_restart_with_nothing_lost() {
         store.clone(),
         Nanos(0),
         Duration::from_millis(2),
+        Duration::from_secs(5),
         7,
         Arc::new(SystemClock),
     );
@@ -67,6 +68,7 @@ async fn holds_racing_the_idle_sweep_all_succeed() {
         store.clone(),
         Nanos(0),
         Duration::from_millis(1),
+        Duration::from_secs(5),
         7,
         Arc::new(SystemClock),
     ));

@@ -7,10 +7,6 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 
 use super::upstream::COALESCE_BODY;
 
-/// `Upstream`'s old path, kept so `lib.rs` builds unchanged; its home is
-/// `proxy::upstream::Upstream`.
-pub use super::upstream::Upstream;
-
 /// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,

@@ -1,78 +1,35 @@
 //! WalletActor: the single writer of one wallet's balance. A thin shell
-//! around `Ledger` (the math) that serialises holds, settlements and
-//! credits, keeps the `suspended` flag the hot path reads, and persists
-//! its changes to the store in batches.
+//! around `Ledger` (the math, ledger.rs) that serialises holds,
+//! settlements and credits, keeps the `suspended` flag the hot path reads,
+//! and persists its changes to the store in batches. `handle` only
+//! dispatches: each message has its own `handle_*` method below.
 //!
-//! Persistence never blocks the mailbox: a flush is a spawned task that
-//! reports back with `FlushDone`, so holds keep being answered while Redis
-//! is written. Credits (deposits, transfers in) go the other way round:
-//! they are written first and applied to memory only once durable, so money
-//! never appears that the store does not have.
+//! Persistence never blocks the mailbox: a flush is a background task
+//! (persist.rs, on the registry's tracker) that reports back with
+//! `FlushDone`, so holds keep being answered while Redis is written.
+//! Credits (deposits, transfers in) go the other way round: they are
+//! written first and applied to memory only once durable, so money never
+//! appears that the store does not have.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio_util::task::TaskTracker;
 
-use super::ledger::{Ledger, WalletError};
+use super::ledger::{Ledger, WalletError, WithdrawRule};
+use super::persist;
+use super::state::{settlement_id, Credited, State, WalletShared, WalletView};
 use crate::clock::Clock;
 use crate::money::Nanos;
 use crate::store::{
-    Applied, Change, EntryKind, EventRecord, LedgerEntry, Part, Store, UsageFacts, WalletBalance,
-    WalletBatch,
+    Applied, EntryKind, LedgerEntry, Store, UsageFacts, WalletBalance, WalletBatch,
 };
 
-/// What the hot path reads without messaging the actor (B2).
-#[derive(Debug, Default)]
-pub struct WalletShared {
-    pub suspended: AtomicBool,
-    /// The last batch number used. Here, not in the actor's state, so an
-    /// actor restarted after an idle stop does not reuse a batch id (the
-    /// store would take the new batch for a replay and drop it).
-    pub batch_seq: AtomicU64,
-}
+/// A wallet actor's address.
+pub type WalletRef = ActorRef<Msg>;
 
-impl WalletShared {
-    pub fn is_suspended(&self) -> bool {
-        self.suspended.load(Ordering::Acquire)
-    }
-}
-
-/// A point-in-time view of a wallet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WalletView {
-    pub paid: Nanos,
-    pub promo: Nanos,
-    pub held: Nanos,
-    pub suspended: bool,
-}
-
-impl WalletView {
-    pub fn balance(&self) -> Nanos {
-        self.paid + self.promo
-    }
-}
-
-/// The outcome of a credit: the balance after, and whether this call
-/// applied it (false: the same entry id was applied before, B9).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Credited {
-    pub view: WalletView,
-    pub applied_now: bool,
-}
-
-/// How much a transfer out takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WithdrawRule {
-    /// T3, I5: the positive paid balance net of outstanding holds.
-    MovablePaid,
-    /// D1: everything left (the wallet is closed, no holds remain).
-    Everything,
-}
-
-pub enum WalletMsg {
+pub enum Msg {
     Hold {
         request_id: u64,
         amount: Nanos,
@@ -146,8 +103,11 @@ pub enum WalletMsg {
     },
 }
 
-pub struct WalletArgs {
+pub struct Args {
     pub wallet_id: Arc<str>,
+    /// The team whose wallet this is, if it is one: its suspension changes
+    /// go to that team's event log (B2, B3).
+    pub team_id: Option<Arc<str>>,
     pub ledger: Ledger,
     pub shared: Arc<WalletShared>,
     pub store: Arc<dyn Store>,
@@ -157,513 +117,333 @@ pub struct WalletArgs {
     /// Unique per process: makes entry and batch ids unique across restarts.
     pub nonce: u64,
     pub clock: Arc<dyn Clock>,
-}
-
-pub struct WalletState {
-    args: WalletArgs,
-    ledger: Ledger,
-    holds: HashMap<u64, Nanos>,
-    pending: Vec<LedgerEntry>,
-    /// A batch whose write failed: resent as it is, same id, so a write
-    /// that did land but whose answer was lost applies once.
-    retry: Option<WalletBatch>,
-    inflight: bool,
-    flush_scheduled: bool,
-    failing_since: Option<Instant>,
-    waiters: Vec<RpcReplyPort<Result<(), WalletError>>>,
-    closed: bool,
-    close_waiters: Vec<RpcReplyPort<()>>,
-    /// Credits and withdrawals on their way to the store.
-    money_inflight: u32,
-    /// `seq` when the flush in the air started: its stored balance is
-    /// adopted only if no other write happened since.
-    flush_seq: u64,
-    /// Bumped by every write this actor makes to the store; a balance read
-    /// at another seq may miss one and is not adopted.
-    seq: u64,
-    /// When the last message other than an idle check arrived.
-    last_active: Instant,
-    /// Whether any message other than an idle check arrived yet.
-    used: bool,
-}
-
-impl WalletState {
-    fn view(&self) -> WalletView {
-        WalletView {
-            paid: self.ledger.paid,
-            promo: self.ledger.promo,
-            held: self.ledger.held,
-            suspended: self.ledger.suspended(),
-        }
-    }
-
-    /// Publish `suspended` after every balance change (B2, B3).
-    fn publish(&self) {
-        let now = self.ledger.suspended();
-        let before = self.args.shared.suspended.swap(now, Ordering::AcqRel);
-        if before != now {
-            crate::metrics::wallet_suspension(now);
-            tracing::info!(wallet = %self.args.wallet_id, suspended = now, "wallet suspension changed");
-            if let Some(team_id) = self.args.wallet_id.strip_prefix("team:") {
-                // B2, B3: the team's event log; written off the mailbox.
-                let event = EventRecord {
-                    id: crate::ids::new_id("evt"),
-                    team_id: team_id.to_string(),
-                    kind: if now {
-                        "team.suspended"
-                    } else {
-                        "team.resumed"
-                    }
-                    .into(),
-                    at: self.args.clock.now(),
-                    data: serde_json::json!({"balance": self.ledger.balance()}),
-                };
-                let store = self.args.store.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = store.append_event(&event).await {
-                        tracing::warn!(error = %e, "team event not recorded");
-                    }
-                });
-            }
-        }
-    }
-
-    /// With several instances on one store, each actor's balance drifts by
-    /// the others' spend. Adopt the stored balance plus what is settled here
-    /// but not yet written (`pending`, exactly known), whenever no other
-    /// write is in the air and nothing was persisted since `stored` was read
-    /// (`seq`). Every successful flush does this, so a wallet served by
-    /// several instances converges every flush interval.
-    fn adopt(&mut self, stored: WalletBalance, seq: u64) -> bool {
-        let settled =
-            !self.inflight && self.retry.is_none() && self.money_inflight == 0 && self.seq == seq;
-        if settled {
-            let unwritten: (Nanos, Nanos) = self
-                .pending
-                .iter()
-                .fold((Nanos::ZERO, Nanos::ZERO), |(p, q), e| {
-                    (p + e.paid, q + e.promo)
-                });
-            self.ledger.paid = stored.paid + unwritten.0;
-            self.ledger.promo = stored.promo + unwritten.1;
-            self.publish();
-        }
-        settled
-    }
-
-    fn answer_close_waiters(&mut self) {
-        if self.closed && self.holds.is_empty() {
-            for w in self.close_waiters.drain(..) {
-                let _ = w.send(());
-            }
-        }
-    }
-
-    fn flush_overdue(&self) -> bool {
-        self.failing_since
-            .is_some_and(|t| t.elapsed() >= self.args.max_flush_failure)
-    }
-
-    fn schedule_flush(&mut self, myself: &ActorRef<WalletMsg>, after: Duration) {
-        if !self.flush_scheduled {
-            self.flush_scheduled = true;
-            myself.send_after(after, || WalletMsg::Flush);
-        }
-    }
-
-    fn start_flush(&mut self, myself: &ActorRef<WalletMsg>) {
-        if self.inflight || (self.pending.is_empty() && self.retry.is_none()) {
-            return;
-        }
-        self.inflight = true;
-        self.flush_seq = self.seq;
-        let batch = match self.retry.take() {
-            Some(batch) => batch,
-            None => {
-                let batch_seq = self.args.shared.batch_seq.fetch_add(1, Ordering::Relaxed) + 1;
-                WalletBatch {
-                    batch_id: format!(
-                        "{}:{:016x}:{}",
-                        self.args.wallet_id, self.args.nonce, batch_seq
-                    ),
-                    wallet_id: self.args.wallet_id.to_string(),
-                    entries: std::mem::take(&mut self.pending),
-                }
-            }
-        };
-        let store = self.args.store.clone();
-        let me = myself.clone();
-        tokio::spawn(async move {
-            let stored = match store.apply(&batch).await {
-                Ok((_, after)) => {
-                    // Other instances running this wallet re-read it (a
-                    // no-op on a single-process store).
-                    let change = Change::Wallet(batch.wallet_id.clone());
-                    if let Err(e) = store.publish(&change).await {
-                        tracing::debug!(error = %e, "flush not announced");
-                    }
-                    Some(after)
-                }
-                Err(e) => {
-                    tracing::warn!(wallet = %batch.wallet_id, error = %e, "wallet flush failed; will retry");
-                    None
-                }
-            };
-            let _ = me.cast(WalletMsg::FlushDone { batch, stored });
-        });
-    }
-
-    fn answer_waiters_if_flushed(&mut self) {
-        if !self.inflight && self.pending.is_empty() && self.retry.is_none() {
-            for w in self.waiters.drain(..) {
-                let _ = w.send(Ok(()));
-            }
-        }
-    }
+    /// The registry's tracker: every store write runs on it, so shutdown
+    /// can wait for them.
+    pub tasks: TaskTracker,
 }
 
 pub struct WalletActor;
 
 impl Actor for WalletActor {
-    type Msg = WalletMsg;
-    type State = WalletState;
-    type Arguments = WalletArgs;
+    type Msg = Msg;
+    type State = State;
+    type Arguments = Args;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<WalletMsg>,
-        args: WalletArgs,
-    ) -> Result<WalletState, ActorProcessingErr> {
-        let state = WalletState {
-            ledger: args.ledger,
-            args,
-            holds: HashMap::new(),
-            pending: Vec::new(),
-            retry: None,
-            inflight: false,
-            flush_scheduled: false,
-            failing_since: None,
-            waiters: Vec::new(),
-            closed: false,
-            close_waiters: Vec::new(),
-            money_inflight: 0,
-            flush_seq: 0,
-            seq: 0,
-            last_active: Instant::now(),
-            used: false,
-        };
-        state
-            .args
-            .shared
-            .suspended
-            .store(state.ledger.suspended(), Ordering::Release);
-        Ok(state)
+    async fn pre_start(&self, _myself: WalletRef, args: Args) -> Result<State, ActorProcessingErr> {
+        Ok(State::new(args))
     }
 
     async fn handle(
         &self,
-        myself: ActorRef<WalletMsg>,
-        msg: WalletMsg,
-        state: &mut WalletState,
+        myself: WalletRef,
+        msg: Msg,
+        state: &mut State,
     ) -> Result<(), ActorProcessingErr> {
-        if let WalletMsg::StopIfIdle {
+        if let Msg::StopIfIdle {
             idle_after,
             reply_to,
         } = msg
         {
-            // A fresh actor was started for a message that may still be on
-            // its way: it is not idle before it handled one.
-            let idle = state.used
-                && state.last_active.elapsed() >= idle_after
-                && state.holds.is_empty()
-                && state.pending.is_empty()
-                && state.retry.is_none()
-                && !state.inflight
-                && state.money_inflight == 0
-                && state.waiters.is_empty()
-                // A closing wallet keeps its `closed` flag in memory only.
-                && !state.closed
-                && state.close_waiters.is_empty();
-            let _ = reply_to.send(idle);
-            if idle {
-                myself.stop(Some("idle".into()));
-            }
+            state.handle_stop_if_idle(&myself, idle_after, reply_to);
             return Ok(());
         }
         state.last_active = Instant::now();
         state.used = true;
         match msg {
-            WalletMsg::StopIfIdle { .. } => {}
-            WalletMsg::Hold {
+            Msg::StopIfIdle { .. } => {}
+            Msg::Hold {
                 request_id,
                 amount,
                 reply_to,
-            } => {
-                let result = if state.closed {
-                    Err(WalletError::Closed)
-                } else if state.flush_overdue() {
-                    Err(WalletError::Unavailable)
-                } else {
-                    state.ledger.hold(amount)
-                };
-                if result.is_ok() {
-                    state.holds.insert(request_id, amount);
-                }
-                let _ = reply_to.send(result);
-            }
-            WalletMsg::Settle {
+            } => state.handle_hold(request_id, amount, reply_to),
+            Msg::Settle {
                 request_id,
                 cost,
                 reference,
                 facts,
-            } => {
-                let held = state.holds.remove(&request_id).unwrap_or(Nanos::ZERO);
-                let debit = state.ledger.settle(held, cost);
-                state.pending.push(LedgerEntry {
-                    id: settlement_id(state.args.nonce, request_id),
-                    wallet_id: state.args.wallet_id.to_string(),
-                    kind: EntryKind::Settlement,
-                    paid: Nanos::ZERO - debit.paid,
-                    promo: Nanos::ZERO - debit.promo,
-                    at: state.args.clock.now(),
-                    reference,
-                    usage: Some(*facts),
-                });
-                state.publish();
-                let interval = state.args.flush_interval;
-                state.schedule_flush(&myself, interval);
-                state.answer_close_waiters();
-            }
-            WalletMsg::Release { request_id } => {
-                if let Some(held) = state.holds.remove(&request_id) {
-                    state.ledger.release(held);
-                }
-                state.answer_close_waiters();
-            }
-            WalletMsg::Close { reply_to } => {
-                state.closed = true;
-                state.close_waiters.push(reply_to);
-                state.answer_close_waiters();
-            }
-            WalletMsg::Withdraw {
+            } => state.handle_settle(&myself, request_id, cost, reference, *facts),
+            Msg::Release { request_id } => state.handle_release(request_id),
+            Msg::Close { reply_to } => state.handle_close(reply_to),
+            Msg::Withdraw {
                 entry_id,
                 rule,
                 reference,
                 reply_to,
-            } => {
-                let (paid, promo) = match rule {
-                    WithdrawRule::MovablePaid => (state.ledger.movable_paid(), Nanos::ZERO),
-                    // Holds still open (a request outlasting the close
-                    // wait) keep their reserve here to settle against.
-                    WithdrawRule::Everything => {
-                        let promo = state.ledger.promo;
-                        let reserve = (state.ledger.held - promo.max(Nanos::ZERO)).max(Nanos::ZERO);
-                        let paid = if reserve.is_positive() {
-                            (state.ledger.paid - reserve).max(Nanos::ZERO)
-                        } else {
-                            state.ledger.paid
-                        };
-                        (paid, promo)
-                    }
-                };
-                // Taken now: holds admitted from here on cannot spend it.
-                state.money_inflight += 1;
-                state.seq += 1;
-                state.ledger.paid -= paid;
-                state.ledger.promo -= promo;
-                state.publish();
-                let entry = Box::new(LedgerEntry {
-                    id: entry_id,
-                    wallet_id: state.args.wallet_id.to_string(),
-                    kind: EntryKind::TransferOut,
-                    paid: Nanos::ZERO - paid,
-                    promo: Nanos::ZERO - promo,
-                    at: state.args.clock.now(),
-                    reference,
-                    usage: None,
-                });
-                let store = state.args.store.clone();
-                let me = myself.clone();
-                tokio::spawn(async move {
-                    let batch = WalletBatch::single(&entry);
-                    let result = match store.apply(&batch).await {
-                        Ok((Applied::Now, _)) => Ok((Applied::Now, Nanos::ZERO - entry.amount())),
-                        Ok((Applied::Before, _)) => {
-                            match store.ledger_entry(&entry.wallet_id, &entry.id).await {
-                                Ok(Some(first)) => {
-                                    Ok((Applied::Before, Nanos::ZERO - first.amount()))
-                                }
-                                _ => Err(()),
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(wallet = %entry.wallet_id, error = %e, "transfer out not persisted");
-                            Err(())
-                        }
-                    };
-                    let _ = me.cast(WalletMsg::WithdrawDone {
-                        entry,
-                        result,
-                        reply_to,
-                    });
-                });
-            }
-            WalletMsg::WithdrawDone {
+            } => state.handle_withdraw(&myself, entry_id, rule, reference, reply_to),
+            Msg::WithdrawDone {
                 entry,
                 result,
                 reply_to,
-            } => {
-                state.money_inflight -= 1;
-                state.seq += 1;
-                let answer = match result {
-                    Ok((Applied::Now, amount)) => Ok(amount),
-                    Ok((Applied::Before, amount)) => {
-                        // Applied by an earlier run: the balance loaded from
-                        // the store has it already. Give back what we took.
-                        state.ledger.paid -= entry.paid;
-                        state.ledger.promo -= entry.promo;
-                        Ok(amount)
-                    }
-                    Err(()) => {
-                        state.ledger.paid -= entry.paid;
-                        state.ledger.promo -= entry.promo;
-                        Err(WalletError::Unavailable)
-                    }
-                };
-                state.publish();
-                let _ = reply_to.send(answer);
-            }
-            WalletMsg::Credit { reply_to, .. } if state.closed => {
-                // A deleted team's wallet takes no more money (D1).
-                let _ = reply_to.send(Err(WalletError::Closed));
-            }
-            WalletMsg::Credit { entry, reply_to } => {
-                state.money_inflight += 1;
-                state.seq += 1;
-                let store = state.args.store.clone();
-                let me = myself.clone();
-                tokio::spawn(async move {
-                    let batch = WalletBatch::single(&entry);
-                    let result = store.apply(&batch).await.map(|(a, _)| a).map_err(|e| {
-                        tracing::warn!(wallet = %batch.wallet_id, error = %e, "credit not persisted");
-                    });
-                    let _ = me.cast(WalletMsg::CreditDone {
-                        entry,
-                        result,
-                        reply_to,
-                    });
-                });
-            }
-            WalletMsg::CreditDone {
+            } => state.handle_withdraw_done(&entry, result, reply_to),
+            Msg::Credit { entry, reply_to } => state.handle_credit(&myself, entry, reply_to),
+            Msg::CreditDone {
                 entry,
                 result,
                 reply_to,
-            } => {
-                state.money_inflight -= 1;
-                state.seq += 1;
-                let answer = match result {
-                    Ok(Applied::Now) => {
-                        let applied = state
-                            .ledger
-                            .credit(Part::Paid, entry.paid)
-                            .and_then(|_| state.ledger.credit(Part::Promo, entry.promo));
-                        state.publish();
-                        applied.map(|_| Credited {
-                            view: state.view(),
-                            applied_now: true,
-                        })
-                    }
-                    Ok(Applied::Before) => Ok(Credited {
-                        view: state.view(),
-                        applied_now: false,
-                    }),
-                    Err(()) => Err(WalletError::Unavailable),
-                };
-                let _ = reply_to.send(answer);
-            }
-            WalletMsg::Resync if state.inflight => {
-                // The read could race the write in the air; the flush's own
-                // answer carries the stored balance anyway.
-            }
-            WalletMsg::Resync => {
-                let store = state.args.store.clone();
-                let id = state.args.wallet_id.clone();
-                let (me, seq) = (myself.clone(), state.seq);
-                tokio::spawn(async move {
-                    if let Ok(stored) = store.wallet(&id).await {
-                        let _ = me.cast(WalletMsg::ResyncDone { stored, seq });
-                    }
-                });
-            }
-            WalletMsg::ResyncDone { stored, seq } => {
-                if !state.adopt(stored, seq) {
-                    // Something was written meanwhile: read again.
-                    let interval = state.args.flush_interval;
-                    myself.send_after(interval, || WalletMsg::Resync);
-                }
-            }
-            WalletMsg::Snapshot { reply_to } => {
-                let _ = reply_to.send(state.view());
-            }
-            WalletMsg::FlushNow { reply_to } => {
-                state.waiters.push(reply_to);
-                state.start_flush(&myself);
-                state.answer_waiters_if_flushed();
-            }
-            WalletMsg::Flush => {
-                state.flush_scheduled = false;
-                state.start_flush(&myself);
-            }
-            WalletMsg::FlushDone { batch, stored } => {
-                state.inflight = false;
-                if let Some(stored) = stored {
-                    state.failing_since = None;
-                    let started = state.flush_seq;
-                    state.adopt(stored, started);
-                    state.seq += 1;
-                    state.answer_waiters_if_flushed();
-                    if !state.pending.is_empty() {
-                        let interval = state.args.flush_interval;
-                        state.schedule_flush(&myself, interval);
-                    }
-                } else {
-                    state.seq += 1;
-                    state.failing_since.get_or_insert_with(Instant::now);
-                    state.retry = Some(batch);
-                    let backoff = (state.args.flush_interval * 10).min(Duration::from_millis(500));
-                    state.schedule_flush(&myself, backoff);
-                }
-            }
+            } => state.handle_credit_done(&entry, result, reply_to),
+            Msg::Resync => state.handle_resync(&myself),
+            Msg::ResyncDone { stored, seq } => state.handle_resync_done(&myself, stored, seq),
+            Msg::Snapshot { reply_to } => state.handle_snapshot(reply_to),
+            Msg::FlushNow { reply_to } => state.handle_flush_now(&myself, reply_to),
+            Msg::Flush => state.handle_flush(&myself),
+            Msg::FlushDone { batch, stored } => state.handle_flush_done(&myself, batch, stored),
         }
         Ok(())
     }
 }
 
-/// `stl:{nonce:016x}:{request_id}`, the settlement's ledger id, built
-/// without `format!` (it runs on every settlement).
-fn settlement_id(nonce: u64, request_id: u64) -> String {
-    let mut s = String::with_capacity(4 + 16 + 1 + 20);
-    s.push_str("stl:");
-    crate::ids::push_hex(&mut s, nonce, 16);
-    s.push(':');
-    s.push_str(itoa::Buffer::new().format(request_id));
-    s
-}
+/// One method per message. None awaits: store work is spawned on the
+/// tracker and comes back as a `*Done` message.
+impl State {
+    fn handle_stop_if_idle(
+        &mut self,
+        myself: &WalletRef,
+        idle_after: Duration,
+        reply_to: RpcReplyPort<bool>,
+    ) {
+        let idle = self.is_idle(idle_after);
+        let _ = reply_to.send(idle);
+        if idle {
+            myself.stop(Some("idle".into()));
+        }
+    }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn settlement_ids_read_as_before() {
-        for (nonce, id) in [
-            (0u64, 0u64),
-            (0xabc, 1),
-            (u64::MAX, u64::MAX),
-            (7, 1_000_000),
-        ] {
-            assert_eq!(
-                super::settlement_id(nonce, id),
-                format!("stl:{nonce:016x}:{id}")
-            );
+    fn handle_hold(
+        &mut self,
+        request_id: u64,
+        amount: Nanos,
+        reply_to: RpcReplyPort<Result<(), WalletError>>,
+    ) {
+        let result = if self.closed {
+            Err(WalletError::Closed)
+        } else if self.flush_overdue() {
+            Err(WalletError::Unavailable)
+        } else {
+            self.ledger.hold(amount)
+        };
+        if result.is_ok() {
+            self.holds.insert(request_id, amount);
+        }
+        let _ = reply_to.send(result);
+    }
+
+    fn handle_settle(
+        &mut self,
+        myself: &WalletRef,
+        request_id: u64,
+        cost: Nanos,
+        reference: String,
+        facts: UsageFacts,
+    ) {
+        let held = self.holds.remove(&request_id).unwrap_or(Nanos::ZERO);
+        let debit = self.ledger.settle(held, cost);
+        self.pending.push(LedgerEntry {
+            id: settlement_id(self.args.nonce, request_id),
+            wallet_id: self.args.wallet_id.to_string(),
+            kind: EntryKind::Settlement,
+            paid: Nanos::ZERO - debit.paid,
+            promo: Nanos::ZERO - debit.promo,
+            at: self.args.clock.now(),
+            reference,
+            usage: Some(facts),
+        });
+        self.publish();
+        let interval = self.args.flush_interval;
+        self.schedule_flush(myself, interval);
+        self.answer_close_waiters();
+    }
+
+    fn handle_release(&mut self, request_id: u64) {
+        if let Some(held) = self.holds.remove(&request_id) {
+            self.ledger.release(held);
+        }
+        self.answer_close_waiters();
+    }
+
+    fn handle_close(&mut self, reply_to: RpcReplyPort<()>) {
+        self.closed = true;
+        self.close_waiters.push(reply_to);
+        self.answer_close_waiters();
+    }
+
+    fn handle_withdraw(
+        &mut self,
+        myself: &WalletRef,
+        entry_id: String,
+        rule: WithdrawRule,
+        reference: String,
+        reply_to: RpcReplyPort<Result<Nanos, WalletError>>,
+    ) {
+        let taken = self.ledger.withdrawal(rule);
+        // Taken now: holds admitted from here on cannot spend it.
+        self.money_inflight += 1;
+        self.seq += 1;
+        self.ledger.take(taken);
+        self.publish();
+        let entry = Box::new(LedgerEntry {
+            id: entry_id,
+            wallet_id: self.args.wallet_id.to_string(),
+            kind: EntryKind::TransferOut,
+            paid: Nanos::ZERO - taken.paid,
+            promo: Nanos::ZERO - taken.promo,
+            at: self.args.clock.now(),
+            reference,
+            usage: None,
+        });
+        let store = self.args.store.clone();
+        let me = myself.clone();
+        self.args.tasks.spawn(async move {
+            let result = persist::withdraw(&*store, &entry).await;
+            let _ = me.cast(Msg::WithdrawDone {
+                entry,
+                result,
+                reply_to,
+            });
+        });
+    }
+
+    fn handle_withdraw_done(
+        &mut self,
+        entry: &LedgerEntry,
+        result: Result<(Applied, Nanos), ()>,
+        reply_to: RpcReplyPort<Result<Nanos, WalletError>>,
+    ) {
+        self.money_inflight -= 1;
+        self.seq += 1;
+        let answer = match result {
+            Ok((Applied::Now, amount)) => Ok(amount),
+            Ok((Applied::Before, amount)) => {
+                // Applied by an earlier run: the balance loaded from the
+                // store has it already. Give back what we took.
+                self.ledger.give_back(entry.paid, entry.promo);
+                Ok(amount)
+            }
+            Err(()) => {
+                self.ledger.give_back(entry.paid, entry.promo);
+                Err(WalletError::Unavailable)
+            }
+        };
+        self.publish();
+        let _ = reply_to.send(answer);
+    }
+
+    fn handle_credit(
+        &mut self,
+        myself: &WalletRef,
+        entry: Box<LedgerEntry>,
+        reply_to: RpcReplyPort<Result<Credited, WalletError>>,
+    ) {
+        if self.closed {
+            // A deleted team's wallet takes no more money (D1).
+            let _ = reply_to.send(Err(WalletError::Closed));
+            return;
+        }
+        self.money_inflight += 1;
+        self.seq += 1;
+        let store = self.args.store.clone();
+        let me = myself.clone();
+        self.args.tasks.spawn(async move {
+            let result = persist::credit(&*store, &entry).await;
+            let _ = me.cast(Msg::CreditDone {
+                entry,
+                result,
+                reply_to,
+            });
+        });
+    }
+
+    fn handle_credit_done(
+        &mut self,
+        entry: &LedgerEntry,
+        result: Result<Applied, ()>,
+        reply_to: RpcReplyPort<Result<Credited, WalletError>>,
+    ) {
+        self.money_inflight -= 1;
+        self.seq += 1;
+        let answer = match result {
+            Ok(Applied::Now) => {
+                let applied = self.ledger.credit_both(entry.paid, entry.promo);
+                self.publish();
+                applied.map(|_| Credited {
+                    view: self.view(),
+                    applied_now: true,
+                })
+            }
+            Ok(Applied::Before) => Ok(Credited {
+                view: self.view(),
+                applied_now: false,
+            }),
+            Err(()) => Err(WalletError::Unavailable),
+        };
+        let _ = reply_to.send(answer);
+    }
+
+    fn handle_resync(&mut self, myself: &WalletRef) {
+        if self.inflight {
+            // The read could race the write in the air; the flush's own
+            // answer carries the stored balance anyway.
+            return;
+        }
+        let store = self.args.store.clone();
+        let id = self.args.wallet_id.clone();
+        let (me, seq) = (myself.clone(), self.seq);
+        self.args.tasks.spawn(async move {
+            if let Ok(stored) = store.wallet(&id).await {
+                let _ = me.cast(Msg::ResyncDone { stored, seq });
+            }
+        });
+    }
+
+    fn handle_resync_done(&mut self, myself: &WalletRef, stored: WalletBalance, seq: u64) {
+        if !self.adopt(stored, seq) {
+            // Something was written meanwhile: read again.
+            let interval = self.args.flush_interval;
+            myself.send_after(interval, || Msg::Resync);
+        }
+    }
+
+    fn handle_snapshot(&mut self, reply_to: RpcReplyPort<WalletView>) {
+        let _ = reply_to.send(self.view());
+    }
+
+    fn handle_flush_now(
+        &mut self,
+        myself: &WalletRef,
+        reply_to: RpcReplyPort<Result<(), WalletError>>,
+    ) {
+        self.waiters.push(reply_to);
+        self.start_flush(myself);
+        self.answer_waiters_if_flushed();
+    }
+
+    fn handle_flush(&mut self, myself: &WalletRef) {
+        self.flush_scheduled = false;
+        self.start_flush(myself);
+    }
+
+    fn handle_flush_done(
+        &mut self,
+        myself: &WalletRef,
+        batch: WalletBatch,
+        stored: Option<WalletBalance>,
+    ) {
+        self.inflight = false;
+        if let Some(stored) = stored {
+            self.failing_since = None;
+            let started = self.flush_seq;
+            self.adopt(stored, started);
+            self.seq += 1;
+            self.answer_waiters_if_flushed();
+            if !self.pending.is_empty() {
+                let interval = self.args.flush_interval;
+                self.schedule_flush(myself, interval);
+            }
+        } else {
+            self.seq += 1;
+            self.failing_since.get_or_insert_with(Instant::now);
+            self.retry = Some(batch);
+            let backoff = (self.args.flush_interval * 10).min(Duration::from_millis(500));
+            self.schedule_flush(myself, backoff);
         }
     }
 }

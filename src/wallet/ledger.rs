@@ -3,7 +3,7 @@
 //! a single wallet (B1, B2, B6) is decided here and unit-tested alone.
 
 use crate::money::Nanos;
-use crate::store::Part;
+use crate::store::{LedgerEntry, Part};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WalletError {
@@ -32,11 +32,21 @@ pub struct Ledger {
     pub threshold: Nanos,
 }
 
-/// How a settled cost was drawn: promo first, then paid (B1).
+/// How a settled cost was drawn: promo first, then paid (B1); also what a
+/// transfer out takes from each part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Debit {
     pub promo: Nanos,
     pub paid: Nanos,
+}
+
+/// How much a transfer out takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithdrawRule {
+    /// T3, I5: the positive paid balance net of outstanding holds.
+    MovablePaid,
+    /// D1: everything left (the wallet is closed, no holds remain).
+    Everything,
 }
 
 impl Ledger {
@@ -112,6 +122,62 @@ impl Ledger {
         let held_beyond_promo = (self.held - self.promo.max(Nanos::ZERO)).max(Nanos::ZERO);
         (self.paid - held_beyond_promo).max(Nanos::ZERO)
     }
+
+    /// What a transfer out under `rule` takes from each part.
+    pub fn withdrawal(&self, rule: WithdrawRule) -> Debit {
+        match rule {
+            WithdrawRule::MovablePaid => Debit {
+                promo: Nanos::ZERO,
+                paid: self.movable_paid(),
+            },
+            // Holds still open (a request outlasting the close wait) keep
+            // their reserve here to settle against.
+            WithdrawRule::Everything => {
+                let promo = self.promo;
+                let reserve = (self.held - promo.max(Nanos::ZERO)).max(Nanos::ZERO);
+                let paid = if reserve.is_positive() {
+                    (self.paid - reserve).max(Nanos::ZERO)
+                } else {
+                    self.paid
+                };
+                Debit { promo, paid }
+            }
+        }
+    }
+
+    /// Take a withdrawal from memory at once: holds admitted from here on
+    /// cannot spend it.
+    pub fn take(&mut self, w: Debit) {
+        self.paid -= w.paid;
+        self.promo -= w.promo;
+    }
+
+    /// Undo a change this wallet made in memory but the store did not keep
+    /// (or had kept before): `paid` and `promo` are the ledger entry's own
+    /// signed amounts, negative for a transfer out.
+    pub fn give_back(&mut self, paid: Nanos, promo: Nanos) {
+        self.paid -= paid;
+        self.promo -= promo;
+    }
+
+    /// A durable credit applied to memory: paid, then promo (a deposit or
+    /// a transfer in).
+    pub fn credit_both(&mut self, paid: Nanos, promo: Nanos) -> Result<(), WalletError> {
+        self.credit(Part::Paid, paid)
+            .and_then(|_| self.credit(Part::Promo, promo))
+    }
+
+    /// Adopt a stored balance plus what is settled here but not yet
+    /// written (`unwritten`, exactly known).
+    pub fn rebase(&mut self, stored_paid: Nanos, stored_promo: Nanos, unwritten: &[LedgerEntry]) {
+        let (paid, promo) = unwritten
+            .iter()
+            .fold((Nanos::ZERO, Nanos::ZERO), |(p, q), e| {
+                (p + e.paid, q + e.promo)
+            });
+        self.paid = stored_paid + paid;
+        self.promo = stored_promo + promo;
+    }
 }
 
 #[cfg(test)]
@@ -173,5 +239,86 @@ mod tests {
         assert_eq!(l.movable_paid(), usd(85));
         l.release(usd(25));
         assert_eq!(l.movable_paid(), usd(100));
+    }
+
+    #[test]
+    fn withdrawing_movable_paid_leaves_promo_and_the_holds_reserve() {
+        let mut l = Ledger::new(usd(100), usd(10), T);
+        l.hold(usd(25)).unwrap();
+        let w = l.withdrawal(WithdrawRule::MovablePaid);
+        assert_eq!(
+            w,
+            Debit {
+                promo: Nanos::ZERO,
+                paid: usd(85)
+            }
+        );
+        l.take(w);
+        assert_eq!((l.paid, l.promo), (usd(15), usd(10)));
+        // The store did not keep it: the entry's amounts (negative) undone.
+        l.give_back(Nanos::ZERO - w.paid, Nanos::ZERO - w.promo);
+        assert_eq!((l.paid, l.promo), (usd(100), usd(10)));
+    }
+
+    #[test]
+    fn withdrawing_everything_keeps_only_open_holds_beyond_promo() {
+        let l = Ledger::new(usd(100), usd(10), T);
+        assert_eq!(
+            l.withdrawal(WithdrawRule::Everything),
+            Debit {
+                promo: usd(10),
+                paid: usd(100)
+            }
+        );
+        let mut l = Ledger::new(usd(100), usd(10), T);
+        l.hold(usd(30)).unwrap();
+        assert_eq!(
+            l.withdrawal(WithdrawRule::Everything),
+            Debit {
+                promo: usd(10),
+                paid: usd(80)
+            }
+        );
+        // With nothing held, paid goes as it is, a debt too.
+        let l = Ledger::new(usd(-5), Nanos::ZERO, T);
+        assert_eq!(l.withdrawal(WithdrawRule::Everything).paid, usd(-5));
+        let mut l = Ledger::new(usd(1), Nanos::ZERO, Nanos::ZERO);
+        l.hold(usd(3)).unwrap();
+        assert_eq!(l.withdrawal(WithdrawRule::Everything).paid, Nanos::ZERO);
+    }
+
+    #[test]
+    fn credits_apply_paid_then_promo_and_refuse_overflow() {
+        let mut l = Ledger::new(usd(1), usd(2), T);
+        l.credit_both(usd(10), usd(20)).unwrap();
+        assert_eq!((l.paid, l.promo), (usd(11), usd(22)));
+        // Paid applies; promo overflows and stays.
+        assert_eq!(
+            l.credit_both(usd(1), Nanos(i64::MAX)),
+            Err(WalletError::Overflow)
+        );
+        assert_eq!((l.paid, l.promo), (usd(12), usd(22)));
+    }
+
+    #[test]
+    fn rebase_adds_the_unwritten_entries_to_the_stored_balance() {
+        let entry = |paid, promo| LedgerEntry {
+            id: "e".into(),
+            wallet_id: "user:u".into(),
+            kind: crate::store::EntryKind::Settlement,
+            paid,
+            promo,
+            at: chrono::DateTime::UNIX_EPOCH,
+            reference: String::new(),
+            usage: None,
+        };
+        let mut l = Ledger::new(usd(100), usd(100), T);
+        l.hold(usd(1)).unwrap();
+        l.rebase(
+            usd(50),
+            usd(5),
+            &[entry(usd(-3), usd(-1)), entry(usd(-2), Nanos::ZERO)],
+        );
+        assert_eq!((l.paid, l.promo, l.held), (usd(45), usd(4), usd(1)));
     }
 }

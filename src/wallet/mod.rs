@@ -1,25 +1,31 @@
 //! Wallet: a prepaid balance that usage draws from (a team's pool or a
 //! user's personal balance). Math in ledger.rs (pure); actor.rs serialises
-//! changes and persists them; registry.rs starts one actor per wallet on
-//! first use. Nothing here speaks HTTP.
+//! changes (one method per message) over state.rs, persist.rs writes them
+//! off the mailbox; registry.rs starts one actor per wallet on first use.
+//! Nothing here speaks HTTP.
 
 pub mod actor;
 pub mod ledger;
+mod persist;
 pub mod registry;
 pub mod transfer;
+mod state;
 
 use std::sync::Arc;
 
 use ractor::rpc::CallResult;
-use ractor::ActorRef;
 
-pub use actor::{Credited, WalletShared, WalletView, WithdrawRule};
-pub use ledger::WalletError;
+pub use ledger::{WalletError, WithdrawRule};
 pub use registry::WalletRegistry;
+pub use state::{Credited, WalletShared, WalletView};
 
 use crate::money::Nanos;
 use crate::store::{LedgerEntry, UsageFacts};
-use actor::WalletMsg;
+use actor::{Msg, WalletRef};
+
+/// How a team wallet's id begins; `team_wallet_id` writes it and
+/// `team_of` reads it, nothing else.
+const TEAM_PREFIX: &str = "team:";
 
 /// The personal wallet of a user.
 pub fn user_wallet_id(user_id: &str) -> String {
@@ -28,7 +34,15 @@ pub fn user_wallet_id(user_id: &str) -> String {
 
 /// The wallet of a team.
 pub fn team_wallet_id(team_id: &str) -> String {
-    format!("team:{team_id}")
+    format!("{TEAM_PREFIX}{team_id}")
+}
+
+/// The team whose wallet `wallet_id` is, if it is a team's. Read once, when
+/// the registry makes the wallet's slot (ids arrive as text: from key
+/// records, transfer records and other instances' messages); the actor
+/// then goes by the typed field.
+fn team_of(wallet_id: &str) -> Option<Arc<str>> {
+    wallet_id.strip_prefix(TEAM_PREFIX).map(Arc::from)
 }
 
 /// A cheap, cloneable handle to a wallet, valid across its actor's idle
@@ -63,7 +77,7 @@ impl WalletHandle {
     }
 
     /// The running actor, restarted (balance reloaded) if it was stopped.
-    async fn actor(&self) -> Result<ActorRef<WalletMsg>, WalletError> {
+    async fn actor(&self) -> Result<WalletRef, WalletError> {
         self.slot.actor(&self.id).await
     }
 
@@ -71,7 +85,7 @@ impl WalletHandle {
     /// restarted one (a freshly started actor is not idle).
     async fn call<T: Send + 'static>(
         &self,
-        msg: impl Fn(ractor::RpcReplyPort<T>) -> WalletMsg,
+        msg: impl Fn(ractor::RpcReplyPort<T>) -> Msg,
         timeout: Option<std::time::Duration>,
     ) -> Result<T, WalletError> {
         let mut r = self.actor().await?.call(&msg, timeout).await;
@@ -101,7 +115,7 @@ impl WalletHandle {
             request_id,
             open: true,
         };
-        let msg = |reply_to| WalletMsg::Hold {
+        let msg = |reply_to| Msg::Hold {
             request_id,
             amount,
             reply_to,
@@ -121,7 +135,7 @@ impl WalletHandle {
     /// Durable first, then applied (deposits, transfers in).
     pub async fn credit(&self, entry: LedgerEntry) -> Result<Credited, WalletError> {
         self.call(
-            |reply_to| WalletMsg::Credit {
+            |reply_to| Msg::Credit {
                 entry: Box::new(entry.clone()),
                 reply_to,
             },
@@ -139,7 +153,7 @@ impl WalletHandle {
         reference: String,
     ) -> Result<Nanos, WalletError> {
         self.call(
-            |reply_to| WalletMsg::Withdraw {
+            |reply_to| Msg::Withdraw {
                 entry_id: entry_id.clone(),
                 rule,
                 reference: reference.clone(),
@@ -156,11 +170,11 @@ impl WalletHandle {
     pub fn resync(&self) {
         match self.slot.running() {
             Some(actor) => {
-                let _ = actor.cast(WalletMsg::Resync);
+                let _ = actor.cast(Msg::Resync);
             }
             None => {
                 let me = self.clone();
-                tokio::spawn(async move {
+                self.slot.tasks().spawn(async move {
                     let _ = me.actor().await;
                 });
             }
@@ -169,13 +183,12 @@ impl WalletHandle {
 
     /// D1: refuse new holds, wait until every outstanding one settled.
     pub async fn close(&self, wait: std::time::Duration) -> Result<(), WalletError> {
-        self.call(|reply_to| WalletMsg::Close { reply_to }, Some(wait))
+        self.call(|reply_to| Msg::Close { reply_to }, Some(wait))
             .await
     }
 
     pub async fn snapshot(&self) -> Result<WalletView, WalletError> {
-        self.call(|reply_to| WalletMsg::Snapshot { reply_to }, None)
-            .await
+        self.call(|reply_to| Msg::Snapshot { reply_to }, None).await
     }
 
     /// Wait until everything settled so far is in the store.
@@ -186,7 +199,7 @@ impl WalletHandle {
         };
         answer(
             actor
-                .call(|reply_to| WalletMsg::FlushNow { reply_to }, None)
+                .call(|reply_to| Msg::FlushNow { reply_to }, None)
                 .await,
         )?
     }
@@ -197,7 +210,7 @@ impl WalletHandle {
 pub struct Hold {
     wallet: WalletHandle,
     /// The actor that admitted the hold: it settles it.
-    actor: ActorRef<WalletMsg>,
+    actor: WalletRef,
     request_id: u64,
     open: bool,
 }
@@ -211,7 +224,7 @@ impl Hold {
     /// actor's mailbox now: anything asked of the wallet afterwards sees it.
     pub fn settle(mut self, cost: Nanos, reference: String, facts: UsageFacts) {
         self.open = false;
-        let _ = self.actor.cast(WalletMsg::Settle {
+        let _ = self.actor.cast(Msg::Settle {
             request_id: self.request_id,
             cost,
             reference,
@@ -229,10 +242,21 @@ impl Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         if self.open {
-            let _ = self.actor.cast(WalletMsg::Release {
+            let _ = self.actor.cast(Msg::Release {
                 request_id: self.request_id,
             });
             crate::metrics::hold_released();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn team_wallets_are_known_by_their_id() {
+        assert_eq!(team_of(&team_wallet_id("tm_1")).as_deref(), Some("tm_1"));
+        assert_eq!(team_of(&user_wallet_id("tm_1")), None);
     }
 }

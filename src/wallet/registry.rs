@@ -10,6 +10,11 @@
 //! Memory: a running actor costs ~8 KiB (its task, mailbox channels and
 //! state; benches/memory.rs); a stopped one leaves its slot (~200 bytes):
 //! the suspended flag the gate reads and an empty actor cell.
+//!
+//! Background work (flushes, credits, withdrawals, re-reads, team events,
+//! restarts) runs on the registry's `TaskTracker`, never a bare
+//! `tokio::spawn`, so shutdown can close it and wait for the last write
+//! after the final flush (`tasks`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +22,13 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorRef, ActorStatus};
+use ractor::{Actor, ActorStatus};
+use tokio_util::task::TaskTracker;
 
-use super::actor::{WalletActor, WalletArgs, WalletMsg, WalletShared};
+use super::actor::{Args, Msg, WalletActor, WalletRef};
 use super::ledger::{Ledger, WalletError};
-use super::WalletHandle;
+use super::state::WalletShared;
+use super::{team_of, WalletHandle};
 use crate::clock::Clock;
 use crate::money::Nanos;
 use crate::store::Store;
@@ -36,19 +43,25 @@ pub(crate) struct Spawner {
     store: Arc<dyn Store>,
     threshold: Nanos,
     flush_interval: Duration,
+    /// How long flushes may keep failing before new holds are refused
+    /// (`flush_failure_bound_ms`).
+    flush_failure_bound: Duration,
     nonce: u64,
     clock: Arc<dyn Clock>,
+    tasks: TaskTracker,
 }
 
 /// One wallet: its actor while it runs, and what outlives the actor.
 pub(crate) struct Slot {
     pub(crate) shared: Arc<WalletShared>,
-    actor: ArcSwapOption<ActorRef<WalletMsg>>,
+    /// Whose wallet: a team's records its suspension changes (B2, B3).
+    team_id: Option<Arc<str>>,
+    actor: ArcSwapOption<WalletRef>,
     starting: tokio::sync::Mutex<()>,
     spawner: Arc<Spawner>,
 }
 
-fn is_running(a: &ActorRef<WalletMsg>) -> bool {
+fn is_running(a: &WalletRef) -> bool {
     matches!(
         a.get_status(),
         ActorStatus::Unstarted
@@ -60,7 +73,7 @@ fn is_running(a: &ActorRef<WalletMsg>) -> bool {
 
 impl Slot {
     /// The actor, if it runs.
-    pub(crate) fn running(&self) -> Option<ActorRef<WalletMsg>> {
+    pub(crate) fn running(&self) -> Option<WalletRef> {
         self.actor
             .load()
             .as_deref()
@@ -68,8 +81,13 @@ impl Slot {
             .cloned()
     }
 
+    /// The registry's tracker, for work a handle starts in the background.
+    pub(crate) fn tasks(&self) -> &TaskTracker {
+        &self.spawner.tasks
+    }
+
     /// The running actor, started if need be (one start at a time).
-    pub(crate) async fn actor(&self, id: &Arc<str>) -> Result<ActorRef<WalletMsg>, WalletError> {
+    pub(crate) async fn actor(&self, id: &Arc<str>) -> Result<WalletRef, WalletError> {
         if let Some(a) = self.running() {
             return Ok(a);
         }
@@ -79,7 +97,10 @@ impl Slot {
         }
         // A stopped actor had written everything and held nothing, so the
         // stored balance is the whole truth.
-        let a = self.spawner.spawn(id, self.shared.clone()).await?;
+        let a = self
+            .spawner
+            .spawn(id, self.team_id.clone(), self.shared.clone())
+            .await?;
         self.actor.store(Some(Arc::new(a.clone())));
         Ok(a)
     }
@@ -89,21 +110,24 @@ impl Spawner {
     async fn spawn(
         &self,
         wallet_id: &Arc<str>,
+        team_id: Option<Arc<str>>,
         shared: Arc<WalletShared>,
-    ) -> Result<ActorRef<WalletMsg>, WalletError> {
+    ) -> Result<WalletRef, WalletError> {
         let balance = self.store.wallet(wallet_id).await.map_err(|e| {
             tracing::warn!(wallet = %wallet_id, error = %e, "cannot load wallet");
             WalletError::Unavailable
         })?;
-        let args = WalletArgs {
+        let args = Args {
             wallet_id: wallet_id.clone(),
+            team_id,
             ledger: Ledger::new(balance.paid, balance.promo, self.threshold),
             shared,
             store: self.store.clone(),
             flush_interval: self.flush_interval,
-            max_flush_failure: Duration::from_secs(5),
+            max_flush_failure: self.flush_failure_bound,
             nonce: self.nonce,
             clock: self.clock.clone(),
+            tasks: self.tasks.clone(),
         };
         let (actor, _join) = Actor::spawn(None, WalletActor, args).await.map_err(|e| {
             tracing::error!(wallet = %wallet_id, error = %e, "cannot start wallet actor");
@@ -114,10 +138,13 @@ impl Spawner {
 }
 
 impl WalletRegistry {
+    /// `flush_failure_bound`: how long a wallet's flushes may keep failing
+    /// before it refuses new holds (DESIGN.md; `flush_failure_bound_ms`).
     pub fn new(
         store: Arc<dyn Store>,
         threshold: Nanos,
         flush_interval: Duration,
+        flush_failure_bound: Duration,
         nonce: u64,
         clock: Arc<dyn Clock>,
     ) -> WalletRegistry {
@@ -127,14 +154,23 @@ impl WalletRegistry {
                 store,
                 threshold,
                 flush_interval,
+                flush_failure_bound,
                 nonce,
                 clock,
+                tasks: TaskTracker::new(),
             }),
         }
     }
 
     pub fn threshold(&self) -> Nanos {
         self.spawner.threshold
+    }
+
+    /// Every background task the wallets started (store writes and their
+    /// reports, restarts). Shutdown closes it and waits for it after the
+    /// final `flush_all`, so no write is cut off mid-way.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.spawner.tasks
     }
 
     /// The wallet's handle, its actor started (and its balance loaded) if
@@ -150,6 +186,7 @@ impl WalletRegistry {
                 let e = self.wallets.entry(Arc::from(wallet_id)).or_insert_with(|| {
                     Arc::new(Slot {
                         shared: Arc::new(WalletShared::default()),
+                        team_id: team_of(wallet_id),
                         actor: ArcSwapOption::empty(),
                         starting: tokio::sync::Mutex::new(()),
                         spawner: self.spawner.clone(),
@@ -201,7 +238,7 @@ impl WalletRegistry {
                 && matches!(
                     current
                         .call(
-                            |reply_to| WalletMsg::StopIfIdle {
+                            |reply_to| Msg::StopIfIdle {
                                 idle_after,
                                 reply_to
                             },

@@ -11,11 +11,11 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tollgate::clock::ShiftedClock;
 use tollgate::config::{Config, Secret};
-use tollgate::mock_upstream::MockUpstream;
 use tollgate::pricing::Pricing;
 use tollgate::store::memory::MemoryStore;
 use tollgate::store::Store;
 use tollgate::Running;
+use tollgate_mock_upstream::MockUpstream;
 
 pub const OPERATOR: &str = "operator-secret-for-tests";
 pub const UPSTREAM_KEY: &str = "upstream-secret-key";
