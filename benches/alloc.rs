@@ -203,6 +203,7 @@ fn main() {
                 member_id: "usr_bench".into(),
                 team_id: None,
                 model: "gpt-4o-mini".into(),
+                status: Default::default(),
                 usage: u,
             };
             hold.settle(Nanos(1_000), format!("req_{id:x}"), facts);

@@ -122,6 +122,7 @@ fn facts() -> UsageFacts {
         member_id: "usr_bench".into(),
         team_id: None,
         model: "gpt-4o-mini".into(),
+        status: Default::default(),
         usage: Usage {
             input_tokens: 12,
             cached_tokens: 0,

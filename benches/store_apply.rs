@@ -46,6 +46,7 @@ fn main() {
                             member_id: "usr_bench".into(),
                             team_id: None,
                             model: "gpt-4o-mini".into(),
+                            status: Default::default(),
                             usage: Usage {
                                 input_tokens: 8,
                                 cached_tokens: 0,

@@ -17,6 +17,7 @@ fn facts() -> UsageFacts {
         member_id: "m".into(),
         team_id: None,
         model: "gpt-4o-mini".into(),
+        status: Default::default(),
         usage: Usage::default(),
     }
 }

@@ -210,9 +210,11 @@ async fn phases(
     };
     let forwarded = if inject {
         // M10: inserted into the client's bytes, never re-encoded.
-        with_include_usage(&body).map(Bytes::from).ok_or(ProxyError::InvalidRequest(
-            "The request body must be a JSON object of the OpenAI API.",
-        ))?
+        with_include_usage(&body)
+            .map(Bytes::from)
+            .ok_or(ProxyError::InvalidRequest(
+                "The request body must be a JSON object of the OpenAI API.",
+            ))?
     } else {
         body
     };

@@ -65,7 +65,10 @@ impl Source {
             "br" => Box::pin(ReaderStream::new(dec::BrotliDecoder::new(bytes))),
             "zstd" => Box::pin(ReaderStream::new(dec::ZstdDecoder::new(bytes))),
             _ => {
-                tracing::warn!(coding, "upstream answered in a content coding the gateway cannot read");
+                tracing::warn!(
+                    coding,
+                    "upstream answered in a content coding the gateway cannot read"
+                );
                 return Err(ProxyError::Upstream);
             }
         };
@@ -177,9 +180,10 @@ pub fn relay_stream(
                         // on the next poll.
                         return Some((Ok(out), r)).map(|(o, mut r)| {
                             r.finished = false;
-                            r.source = Source::Decoded(Box::pin(futures_util::stream::once(
-                                async { Err(io::Error::other("in-band error")) },
-                            )));
+                            r.source =
+                                Source::Decoded(Box::pin(futures_util::stream::once(async {
+                                    Err(io::Error::other("in-band error"))
+                                })));
                             (o, r)
                         });
                     }
@@ -255,7 +259,10 @@ impl Drop for JsonRelay {
         // M9: the upstream did the work; read its answer to the end (within
         // the read timeout) and bill it.
         let mut rest = JsonRelay {
-            source: std::mem::replace(&mut self.source, Source::Decoded(Box::pin(futures_util::stream::empty()))),
+            source: std::mem::replace(
+                &mut self.source,
+                Source::Decoded(Box::pin(futures_util::stream::empty())),
+            ),
             meter: std::mem::take(&mut self.meter),
             billing: self.billing.take(),
             held: None,
@@ -272,12 +279,12 @@ impl Drop for JsonRelay {
                         break;
                     }
                     Next::Failed => {
-                        rest.billing = None;
+                        // Not billed: the hold is released.
+                        drop(rest.billing.take());
                         break;
                     }
                 }
             }
-            rest.finished = true;
         });
     }
 }

@@ -470,12 +470,16 @@ mod tests {
             edit(r#"{"stream\u005foptions":{"include_usage":null}}"#),
             r#"{"stream\u005foptions":{"include_usage":true}}"#
         );
-        assert_eq!(edit(" { } "), r#" { "stream_options":{"include_usage":true}} "#);
+        assert_eq!(
+            edit(" { } "),
+            r#" { "stream_options":{"include_usage":true}} "#
+        );
     }
 
     #[test]
     fn nested_stream_options_are_not_the_top_level_one() {
-        let out = edit(r#"{"a":{"stream_options":{"include_usage":false}},"s":"\"stream_options\""}"#);
+        let out =
+            edit(r#"{"a":{"stream_options":{"include_usage":false}},"s":"\"stream_options\""}"#);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["a"]["stream_options"]["include_usage"], false);
@@ -493,14 +497,18 @@ mod tests {
     fn non_text_parts_are_found() {
         let text = r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"tools":[{"type":"function"}]}"#;
         assert!(!has_non_text_input(text.as_bytes()));
-        assert!(!has_non_text_input(br#"{"messages":[{"role":"user","content":"a \"file\""}]}"#));
+        assert!(!has_non_text_input(
+            br#"{"messages":[{"role":"user","content":"a \"file\""}]}"#
+        ));
         for part in [
             r#"{"type":"image_url","image_url":{"url":"https://x/y.png"}}"#,
             r#"{"type":"input_audio","input_audio":{"data":"AAAA","format":"wav"}}"#,
             r#"{"type":"file","file":{"file_id":"f"}}"#,
             r#"{"image_url":{"url":"u"}}"#,
         ] {
-            let body = format!(r#"{{"messages":[{{"role":"user","content":[{{"type":"text","text":"a"}},{part}]}}]}}"#);
+            let body = format!(
+                r#"{{"messages":[{{"role":"user","content":[{{"type":"text","text":"a"}},{part}]}}]}}"#
+            );
             assert!(has_non_text_input(body.as_bytes()), "{body}");
         }
         assert!(has_non_text_input(

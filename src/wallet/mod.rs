@@ -8,8 +8,8 @@ pub mod actor;
 pub mod ledger;
 mod persist;
 pub mod registry;
-pub mod transfer;
 mod state;
+pub mod transfer;
 
 use std::sync::Arc;
 

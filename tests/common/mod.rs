@@ -249,12 +249,25 @@ impl Api {
     }
 
     /// A chat completion through the proxy, with mock knobs as headers.
+    /// A knob that makes the mock generate more than the body's
+    /// `max_tokens` raises `max_tokens` to match: a real upstream never
+    /// exceeds it, and the gateway bills no more than it (M3).
     pub async fn chat(&self, key: &str, body: &Value, knobs: &[(&str, &str)]) -> Response {
+        let mut body = body.clone();
+        let forced = knobs
+            .iter()
+            .find(|(k, _)| *k == "x-mock-completion-tokens")
+            .and_then(|(_, v)| v.parse::<u64>().ok());
+        if let (Some(n), Some(max)) = (forced, body["max_tokens"].as_u64()) {
+            if n > max {
+                body["max_tokens"] = n.into();
+            }
+        }
         let mut r = self
             .http
             .post(format!("{}/v1/chat/completions", self.url))
             .bearer_auth(key)
-            .json(body);
+            .json(&body);
         for (k, v) in knobs {
             r = r.header(*k, *v);
         }

@@ -98,6 +98,7 @@ pub fn settlement(
             member_id: member.into(),
             team_id: None,
             model: "gpt-4o-mini".into(),
+            status: Default::default(),
             usage: Usage {
                 input_tokens: 100,
                 cached_tokens: 20,

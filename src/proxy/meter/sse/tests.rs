@@ -5,11 +5,12 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use super::*;
 use super::super::fuzz::fuzz_entry;
 use super::super::usage::{resolve, Usage};
+use super::*;
 
-const SSE: &str = include_str!("../../../../tests/fixtures/openai/chat_completion_stream_with_usage.sse");
+const SSE: &str =
+    include_str!("../../../../tests/fixtures/openai/chat_completion_stream_with_usage.sse");
 
 /// Feed `text` in the given pieces, then finish: (output, meter).
 fn feed(hide: bool, pieces: &[&[u8]]) -> (Vec<u8>, SseMeter) {
@@ -390,11 +391,15 @@ fn whole_answers_count_message_text() {
         "Hello! How can I assist you today?".len()
     );
     assert_eq!(
-        read(include_str!("../../../../tests/fixtures/openai/completion.json")),
+        read(include_str!(
+            "../../../../tests/fixtures/openai/completion.json"
+        )),
         "\n\nThis is indeed a test".len()
     );
     assert_eq!(
-        read(include_str!("../../../../tests/fixtures/openai/embeddings.json")),
+        read(include_str!(
+            "../../../../tests/fixtures/openai/embeddings.json"
+        )),
         0
     );
     let tools = r#"{"choices":[{"message":{"content":null,"reasoning_content":"hmm",
