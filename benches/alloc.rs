@@ -76,6 +76,7 @@ fn bearer_headers(secret: &str) -> HeaderMap {
     h
 }
 
+#[allow(clippy::too_many_lines)] // a bench script: one measured case after another
 fn main() {
     // The real Prometheus recorder, as `tollgate serve` installs it: the
     // gate's refusal counter goes through it.

@@ -117,7 +117,6 @@ pub struct Config {
     pub suspend_threshold: Nanos,
     pub public_url: String,
     pub max_body_bytes: usize,
-    pub max_response_bytes: usize,
     pub upstream_connect_timeout: Duration,
     pub upstream_read_timeout: Duration,
     pub flush_interval: Duration,
@@ -176,6 +175,12 @@ impl Config {
         let log_format = s.log_format(raw.log_format)?;
         let upstream_url = s.upstream_url(raw.upstream_url)?;
         let ms = |key, v: Option<u64>, d| s.parsed::<u64>(key, v.map(|v| v.to_string()), d);
+        let millis = |key, v, d| ms(key, v, d).map(Duration::from_millis);
+        if raw.max_response_bytes.is_some() {
+            // M8: answers are relayed as they arrive, in bounded memory;
+            // only the read timeout bounds them. Kept so old files load.
+            tracing::warn!("`max_response_bytes` is no longer used (M8) and is ignored");
+        }
         Ok(Config {
             listen,
             metrics_listen: s.parsed("metrics_listen", raw.metrics_listen, "127.0.0.1:9090")?,
@@ -199,26 +204,24 @@ impl Config {
             suspend_threshold,
             public_url: public_url.trim_end_matches('/').to_string(),
             max_body_bytes: ms("max_body_bytes", raw.max_body_bytes, "4194304")? as usize,
-            max_response_bytes: ms("max_response_bytes", raw.max_response_bytes, "33554432")?
-                as usize,
-            upstream_connect_timeout: Duration::from_millis(ms(
+            upstream_connect_timeout: millis(
                 "upstream_connect_timeout_ms",
                 raw.upstream_connect_timeout_ms,
                 "5000",
-            )?),
-            upstream_read_timeout: Duration::from_millis(ms(
+            )?,
+            upstream_read_timeout: millis(
                 "upstream_read_timeout_ms",
                 raw.upstream_read_timeout_ms,
                 "300000",
-            )?),
+            )?,
             flush_interval: Duration::from_millis(
                 ms("flush_interval_ms", raw.flush_interval_ms, "10")?.max(1),
             ),
-            flush_failure_bound: Duration::from_millis(ms(
+            flush_failure_bound: millis(
                 "flush_failure_bound_ms",
                 raw.flush_failure_bound_ms,
                 "5000",
-            )?),
+            )?,
             default_max_output_tokens: ms(
                 "default_max_output_tokens",
                 raw.default_max_output_tokens,
@@ -232,20 +235,12 @@ impl Config {
             session_ttl: Duration::from_secs(
                 3600 * ms("session_ttl_hours", raw.session_ttl_hours, "168")?.max(1),
             ),
-            negative_cache_ttl: Duration::from_millis(ms(
-                "negative_cache_ttl_ms",
-                raw.negative_cache_ttl_ms,
-                "1000",
-            )?),
+            negative_cache_ttl: millis("negative_cache_ttl_ms", raw.negative_cache_ttl_ms, "1000")?,
             log_format,
             mailer_webhook_url: s
                 .text("mailer_webhook_url", raw.mailer_webhook_url)
                 .filter(|u| !u.is_empty()),
-            team_close_wait: Duration::from_millis(ms(
-                "team_close_wait_ms",
-                raw.team_close_wait_ms,
-                "60000",
-            )?),
+            team_close_wait: millis("team_close_wait_ms", raw.team_close_wait_ms, "60000")?,
         })
     }
 }

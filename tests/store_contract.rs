@@ -4,6 +4,10 @@
 //! in `store_redis.rs`; the fixtures both use in `common/store.rs`.
 
 #![allow(
+    clippy::too_many_lines,
+    reason = "test code: one case reads best as one story"
+)]
+#![allow(
     clippy::unwrap_used,
     reason = "a test's unwrap is its failure report (clippy.toml allows it in #[test] fns only)"
 )]

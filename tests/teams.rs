@@ -2,6 +2,10 @@
 //! amounts of every transfer, the role table, and deletion racing
 //! in-flight requests (T1-T4, I1-I5, L1-L3, B2-B4, B7-B9, K2-K5, D1).
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "test code: one case reads best as one story"
+)]
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 

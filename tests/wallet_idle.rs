@@ -1,5 +1,9 @@
 //! PROTOTYPE: idle wallet actors stop and restart on demand, with nothing
 //! lost and handles (as the key cache keeps them) still valid.
+#![allow(
+    clippy::too_many_lines,
+    reason = "test code: one case reads best as one story"
+)]
 use std::sync::Arc;
 use std::time::Duration;
 
