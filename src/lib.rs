@@ -10,9 +10,11 @@
 //! - `app`: `App`, everything a handler can reach; `boot`; the one tracker
 //!   of background tasks that `server::run` awaits on shutdown.
 //! - `proxy`: THE HOT PATH, phase by phase (auth, gate, price, hold,
-//!   forward, meter, settle, log); `proxy::upstream` is the upstream client
-//!   behind one seam, with the pure response framing in
-//!   `proxy::upstream::wire`.
+//!   forward, meter, settle, log): `proxy::request` reads the client's
+//!   request, `proxy::upstream` is the upstream client behind one seam
+//!   (the pure response framing in `proxy::upstream::wire`),
+//!   `proxy::relay` passes the answer on as it arrives, `proxy::meter`
+//!   reads usage from it (pure), `proxy::bill` settles it.
 //! - `auth`: the API key format and the key cache the proxy reads;
 //!   `auth::keys` is the one key-minting path, personal and team.
 //! - `pricing`: USD per million tokens per model; cost and hold estimates.

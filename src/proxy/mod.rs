@@ -8,9 +8,13 @@
 //! settlement is cast to the wallet before the response's last event
 //! reaches the client (B6).
 //!
-//! Beside this file: `forward` (the header rules of P6), `upstream` (the
-//! seam to the upstreams: `Upstream::send` and the HTTP/1.1 client behind
-//! it), `meter` (usage read from responses as they pass), `error` (the
+//! Beside this file, in the order a request meets them: `request` (the
+//! client's key, P6b; the body read and probed; the one edit it gets,
+//! M10), `forward` (the header rules of P6, M1), `upstream` (the seam to
+//! the upstreams: `Upstream::send` and the HTTP/1.1 client behind it),
+//! `relay` (the answer passed on as it arrives and decoded, M1, M8, M9),
+//! `meter` (usage read from answers as they pass, M2-M5, M11), `bill`
+//! (usage resolved, bounded and settled, M2-M4), `error` (the
 //! OpenAI-shaped errors).
 
 mod bill;
