@@ -291,5 +291,16 @@ proptest! {
         prop_assert!(c.cached_tokens <= c.input_tokens);
         prop_assert_eq!(clamped, c != u);
         prop_assert_eq!(clamp(c, b), (c, false));
+        // Billed within the hold: the cost of the clamped usage never
+        // passes the worst case priced for the same bounds (B6, M3).
+        let pricing = crate::pricing::Pricing::parse(
+            include_str!("../../../../config/pricing.toml"),
+            "config/pricing.toml",
+        )
+        .unwrap();
+        for model in pricing.model_names() {
+            let price = pricing.get(model).unwrap();
+            prop_assert!(price.cost(&c) <= price.max_cost(max_input, max_output), "{}", model);
+        }
     }
 }
