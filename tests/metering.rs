@@ -492,35 +492,46 @@ async fn max_tokens_is_clamped_to_the_model_in_the_hold() {
 /// is still billed by the answer's usage, recorded `client_closed`.
 #[tokio::test]
 async fn a_client_that_leaves_a_non_streamed_call_is_billed_by_its_usage() {
-    let s = stub(vec![
-        Step::Sleep(Duration::from_millis(300)),
-        Step::Send(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{\"choices\":[{\"message\":{\"content\":\"".to_vec()),
-        Step::Sleep(Duration::from_millis(1500)),
-        Step::Send(b"Hi\"}}],\"usage\":{\"prompt_tokens\":500,\"completion_tokens\":300}}".to_vec()),
-    ])
-    .await;
-    let g = gateway_on(&s).await;
-    let (u, key) = g.funded("leaver@example.com", "1").await;
-    let body = open_chat();
-    let call = g.chat(&key, &body, &[]);
-    let r = tokio::time::timeout(Duration::from_millis(800), async {
-        let r = call.await;
-        r.bytes().await
-    })
-    .await;
-    assert!(r.is_err(), "the client left before the answer ended");
-    let want = mini_cost(500, 0, 300);
-    wait_until("the abandoned answer is billed", || async {
-        spent(&g, &u).await == want
-    })
-    .await;
-    let facts = settled_facts(&g, &u).await;
-    assert_eq!(facts.status, RequestStatus::ClientClosed);
-    assert_eq!(
-        (facts.usage.input_tokens, facts.usage.output_tokens),
-        (500, 300)
-    );
-    assert_eq!(g.reconcile().await["ok"], true);
+    let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n";
+    let start = b"{\"choices\":[{\"message\":{\"content\":\"";
+    let end = b"Hi\"}}],\"usage\":{\"prompt_tokens\":500,\"completion_tokens\":300}}";
+    let whole = [&head[..], &start[..], &end[..]].concat();
+    let scripts = [
+        // The case as handed: nothing at all before the client leaves.
+        vec![Step::Sleep(Duration::from_millis(2000)), Step::Send(whole)],
+        // The client leaves mid-body.
+        vec![
+            Step::Sleep(Duration::from_millis(100)),
+            Step::Send([&head[..], &start[..]].concat()),
+            Step::Sleep(Duration::from_millis(1900)),
+            Step::Send(end.to_vec()),
+        ],
+    ];
+    for script in scripts {
+        let s = stub(script).await;
+        let g = gateway_on(&s).await;
+        let (u, key) = g.funded("leaver@example.com", "1").await;
+        let body = open_chat();
+        let call = g.chat(&key, &body, &[]);
+        let r = tokio::time::timeout(Duration::from_millis(500), async {
+            let r = call.await;
+            r.bytes().await
+        })
+        .await;
+        assert!(r.is_err(), "the client left before the answer ended");
+        let want = mini_cost(500, 0, 300);
+        wait_until("the abandoned answer is billed", || async {
+            spent(&g, &u).await == want
+        })
+        .await;
+        let facts = settled_facts(&g, &u).await;
+        assert_eq!(facts.status, RequestStatus::ClientClosed);
+        assert_eq!(
+            (facts.usage.input_tokens, facts.usage.output_tokens),
+            (500, 300)
+        );
+        assert_eq!(g.reconcile().await["ok"], true);
+    }
 }
 
 /// Case 10 (M3): counts past what the request could produce are clamped

@@ -112,7 +112,7 @@ async fn embeddings(State(app): State<Arc<App>>, req: Request) -> Response {
 }
 
 /// One proxied call; the log phase runs on success and on error alike.
-pub async fn handle(app: &App, route: Route, req: Request) -> Response {
+pub async fn handle(app: &Arc<App>, route: Route, req: Request) -> Response {
     let started = Instant::now();
     let request_id = app.ids.next();
     // Formatted once: the ledger reference and the response header.
@@ -158,7 +158,7 @@ pub async fn admit(app: &App, headers: &HeaderMap) -> Result<Arc<KeyEntry>, Prox
 }
 
 async fn phases(
-    app: &App,
+    app: &Arc<App>,
     route: Route,
     request_id: u64,
     reference: &str,
@@ -196,6 +196,7 @@ async fn phases(
 
     // Ask for usage in streams (P2); hide it again if the client did not.
     let inject = probe.needs_usage_asked();
+    let streams = probe.streams();
     let billing = Billing {
         hold,
         pricing: pricing.clone(),
@@ -225,16 +226,40 @@ async fn phases(
 
     // 5. quota: per key / per member limits hook in here (SPEC Q1, Q2).
 
-    // 6. forward.
-    let base = price
-        .upstream_url
-        .as_deref()
+    // 6-8. forward, meter, settle.
+    if streams {
+        return exchange(app, route, parts.headers, forwarded, billing, inject).await;
+    }
+    // M9: a non-streamed call is the upstream's work whether or not the
+    // client waits for it. hyper drops a handler whose client has gone, so
+    // the exchange runs on its own task: if the client left, the answer
+    // it hands over is dropped, and its relay reads the rest and bills it.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let detached = app.clone();
+    app.tasks.spawn(async move {
+        let answer = exchange(&detached, route, parts.headers, forwarded, billing, false).await;
+        let _ = tx.send(answer);
+    });
+    rx.await.unwrap_or(Err(ProxyError::Upstream))
+}
+
+/// Phase 6 and the start of 7-8: the request to the model's upstream, and
+/// its answer set up to be metered and settled as it passes.
+async fn exchange(
+    app: &App,
+    route: Route,
+    headers: HeaderMap,
+    body: Bytes,
+    billing: Billing,
+    inject: bool,
+) -> Result<Response, ProxyError> {
+    let base = billing
+        .pricing
+        .get(&billing.model)
+        .and_then(|p| p.upstream_url.as_deref())
         .unwrap_or(&app.config.upstream_url);
     let sent = Instant::now();
-    let upstream = app
-        .upstream
-        .send(base, route.path(), parts.headers, forwarded)
-        .await?;
+    let upstream = app.upstream.send(base, route.path(), headers, body).await?;
     metrics::upstream_latency(route.label(), sent.elapsed());
     answer(app, billing, upstream, inject)
 }

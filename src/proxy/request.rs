@@ -123,10 +123,15 @@ impl<'a> Probe<'a> {
         per_choice.saturating_mul(self.n.max(self.best_of).unwrap_or(1).max(1))
     }
 
+    /// The client asked for a stream (`stream: true`).
+    pub fn streams(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
     /// A stream whose client did not ask for usage: the gateway asks for
     /// it (P2), and hides the usage chunk from the client again.
     pub fn needs_usage_asked(&self) -> bool {
-        let streaming = self.stream.unwrap_or(false);
+        let streaming = self.streams();
         let client_wants_usage = self
             .stream_options
             .as_ref()
