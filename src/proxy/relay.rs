@@ -119,6 +119,8 @@ struct SseRelay {
     billing: Option<Billing>,
     read_timeout: Duration,
     finished: bool,
+    /// An error event went out: the next poll cuts the stream.
+    cut_next: bool,
 }
 
 impl SseRelay {
@@ -131,12 +133,13 @@ impl SseRelay {
     /// M5: an error event means the upstream failed: not billed, and the
     /// client's stream is cut after it.
     fn failed_in_band(&mut self) -> bool {
-        if self.meter.error() && self.billing.is_some() {
-            if let Some(b) = self.billing.take() {
-                b.in_band_error();
-            }
+        if !self.meter.error() {
+            return false;
         }
-        self.meter.error()
+        if let Some(b) = self.billing.take() {
+            b.in_band_error();
+        }
+        true
     }
 }
 
@@ -147,6 +150,17 @@ impl Drop for SseRelay {
             self.settle(RequestStatus::Cancelled);
         }
     }
+}
+
+/// M5: the bytes that carry an error event reach the client; then the
+/// stream is cut, as for any upstream failure (U4a).
+async fn cut_after(mut r: SseRelay, out: Bytes) -> (io::Result<Bytes>, SseRelay) {
+    if out.is_empty() {
+        r.finished = true;
+        return (Err(cut().await), r);
+    }
+    r.cut_next = true;
+    (Ok(out), r)
 }
 
 /// P2: pass events on as they arrive, reading usage as they pass.
@@ -162,30 +176,22 @@ pub fn relay_stream(
         billing: Some(billing),
         read_timeout,
         finished: false,
+        cut_next: false,
     };
     let stream = futures_util::stream::unfold(relay, |mut r| async move {
         if r.finished {
             return None;
+        }
+        if r.cut_next {
+            r.finished = true;
+            return Some((Err(cut().await), r));
         }
         loop {
             match r.source.next(r.read_timeout).await {
                 Next::Data(data) => {
                     let out = r.meter.push(data);
                     if r.failed_in_band() {
-                        r.finished = true;
-                        if out.is_empty() {
-                            return Some((Err(cut().await), r));
-                        }
-                        // The error event reaches the client; the end is cut
-                        // on the next poll.
-                        return Some((Ok(out), r)).map(|(o, mut r)| {
-                            r.finished = false;
-                            r.source =
-                                Source::Decoded(Box::pin(futures_util::stream::once(async {
-                                    Err(io::Error::other("in-band error"))
-                                })));
-                            (o, r)
-                        });
+                        return Some(cut_after(r, out).await);
                     }
                     if r.meter.done() {
                         // Settle before `[DONE]` reaches the client (B6).
@@ -197,10 +203,10 @@ pub fn relay_stream(
                 }
                 Next::End => {
                     let tail = r.meter.finish();
-                    r.finished = true;
                     if r.failed_in_band() {
-                        return Some((Err(cut().await), r));
+                        return Some(cut_after(r, tail).await);
                     }
+                    r.finished = true;
                     r.settle(RequestStatus::Completed);
                     return (!tail.is_empty()).then_some((Ok(tail), r));
                 }
