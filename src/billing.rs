@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::accounts::{TeamError, Teams};
 use crate::ids;
-use crate::money::Nanos;
+use crate::money::{Nanos, WideNanos};
 use crate::store::{Change, EntryKind, IdempotencyRecord, LedgerEntry, Store, StoreError};
 use crate::wallet::{user_wallet_id, Credited, WalletError, WalletHandle, WalletRegistry};
 
@@ -62,13 +62,14 @@ pub async fn deposit(
     wallet.credit(entry).await
 }
 
-/// B8: the report the operator reads.
+/// B8: the report the operator reads. Totals are i128 (B10): each
+/// balance fits an i64, their sum need not; nothing is clipped.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 pub struct Reconciliation {
-    pub deposits_total: Nanos,
-    pub usage_total: Nanos,
-    pub balances_total: Nanos,
-    pub holds_total: Nanos,
+    pub deposits_total: WideNanos,
+    pub usage_total: WideNanos,
+    pub balances_total: WideNanos,
+    pub holds_total: WideNanos,
     pub ok: bool,
 }
 
@@ -87,7 +88,7 @@ pub async fn reconcile(
         usage_total: t.usage,
         balances_total: t.balances,
         holds_total: wallets.holds_total().await,
-        ok: t.balances == t.deposits - t.usage,
+        ok: t.balances.0 == t.deposits.0 - t.usage.0,
     })
 }
 
@@ -156,9 +157,16 @@ pub async fn deposit_once(
             body: serde_json::from_str(&done.response).unwrap_or(Value::Null),
         });
     }
+    // Under the membership lock: a transfer's range check (B10) and its
+    // money moving see no deposit in between (`Transfers::check_fits`).
+    let membership = teams.exclusive().await;
     let wallet_id = deposit_target(store, teams, &req).await?;
     let wallet = wallets.get(&wallet_id).await?;
+    // B10: a deposit that would take the balance out of range is refused
+    // before anything is written, the idempotency record included, so a
+    // retry is refused again.
     let credited = deposit(&wallet, req.amount, req.kind, &req.reference, &scope_key).await?;
+    drop(membership);
     // Other instances running this wallet re-read it (B3 across instances).
     if let Err(e) = store.publish(&Change::Wallet(wallet_id.clone())).await {
         tracing::warn!(error = %e, "deposit not announced to other instances");

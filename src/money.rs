@@ -43,6 +43,11 @@ impl Nanos {
     }
 }
 
+// The operators saturate. They are for values that are provably bounded
+// (a settlement's cost within its hold, a withdrawal within the balance it
+// is taken from, a hold's release): there they never reach i64's ends.
+// Anything that can grow a balance or a total without such a bound uses
+// `checked_add` / `credit_fits` (B10) or sums in `WideNanos` (i128).
 impl std::ops::Add for Nanos {
     type Output = Nanos;
     fn add(self, rhs: Nanos) -> Nanos {
@@ -97,6 +102,74 @@ impl<'de> Deserialize<'de> for Nanos {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         parse_amount(&s, AmountRules::ANY).map_err(serde::de::Error::custom)
+    }
+}
+
+/// B10: an operation would take a balance outside i64 nano-dollars
+/// (about ±9.22 billion USD). Refused before anything is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "amount out of range: a balance would leave what the gateway holds (about ±9.22 billion USD)"
+)]
+pub struct OutOfRange;
+
+/// B10: whether a wallet of `paid` and `promo` can take a credit of
+/// `add_paid` and `add_promo` (signed, summed in i128 so that credits in
+/// flight can be counted in): each part and their sum must stay in i64.
+pub fn credit_fits(
+    paid: Nanos,
+    promo: Nanos,
+    add_paid: i128,
+    add_promo: i128,
+) -> Result<(), OutOfRange> {
+    let in_range = |v: i128| i64::try_from(v).is_ok();
+    let paid = i128::from(paid.0) + add_paid;
+    let promo = i128::from(promo.0) + add_promo;
+    if in_range(paid) && in_range(promo) && in_range(paid + promo) {
+        Ok(())
+    } else {
+        Err(OutOfRange)
+    }
+}
+
+/// A total of many balances (B8, B10): i128 nano-dollars, so a sum over
+/// every wallet never overflows or clips. Written like `Nanos`: a string
+/// of dollars with at least two decimals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WideNanos(pub i128);
+
+impl WideNanos {
+    pub const ZERO: WideNanos = WideNanos(0);
+}
+
+/// Exact: i128 holds the sum of 2^64 i64 balances.
+impl std::ops::Sub for WideNanos {
+    type Output = WideNanos;
+    fn sub(self, rhs: WideNanos) -> WideNanos {
+        WideNanos(self.0 - rhs.0)
+    }
+}
+
+impl From<Nanos> for WideNanos {
+    fn from(n: Nanos) -> WideNanos {
+        WideNanos(i128::from(n.0))
+    }
+}
+
+impl fmt::Display for WideNanos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        let per = NANOS_PER_USD as u128;
+        let frac = format!("{:09}", abs % per);
+        let frac = frac.trim_end_matches('0');
+        write!(f, "{sign}{}.{frac:0<2}", abs / per)
+    }
+}
+
+impl Serialize for WideNanos {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -218,6 +291,32 @@ mod tests {
         ] {
             assert_eq!(p(bad), Err(AmountError::NotADecimal), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn wide_totals_print_like_nanos_and_exactly() {
+        for n in [0, 1, -1, 150_000, 12_500_000_000, i64::MAX, i64::MIN] {
+            assert_eq!(WideNanos(n.into()).to_string(), Nanos(n).to_string());
+        }
+        let big = WideNanos(i128::from(i64::MAX) * 3 + 7);
+        assert_eq!(big.to_string(), "27670116110.564327428");
+    }
+
+    #[test]
+    fn credits_fit_each_part_and_the_sum() {
+        let max = Nanos(i64::MAX);
+        assert_eq!(credit_fits(max, Nanos::ZERO, 0, 0), Ok(()));
+        assert_eq!(credit_fits(max, Nanos::ZERO, 1, 0), Err(OutOfRange));
+        assert_eq!(credit_fits(Nanos(i64::MAX - 5), Nanos(5), 0, 0), Ok(()));
+        assert_eq!(
+            credit_fits(Nanos(i64::MAX - 5), Nanos(5), 0, 1),
+            Err(OutOfRange)
+        );
+        assert_eq!(credit_fits(Nanos(-5), max, 0, 0), Ok(()));
+        assert_eq!(
+            credit_fits(Nanos(i64::MIN), Nanos::ZERO, -1, 0),
+            Err(OutOfRange)
+        );
     }
 
     #[test]

@@ -14,9 +14,12 @@
 
 #[path = "common/store.rs"]
 mod fixtures;
+#[path = "common/store_range.rs"]
+mod range;
 
 use chrono::{NaiveDate, Utc};
 use fixtures::*;
+use range::*;
 use serde_json::json;
 use tollgate::money::Nanos;
 use tollgate::store::*;
@@ -181,9 +184,9 @@ async fn apply_adds_deltas_once_and_records_everything(s: &dyn Store) {
     assert_eq!(
         totals,
         MoneyTotals {
-            deposits: usd(11),
-            usage: Nanos(4_000_001),
-            balances: expected.total(),
+            deposits: usd(11).into(),
+            usage: Nanos(4_000_001).into(),
+            balances: expected.total().into(),
         }
     );
     assert_eq!(totals.balances, totals.deposits - totals.usage);
@@ -277,7 +280,7 @@ async fn apply_refuses_bad_batches_whole(s: &dyn Store) {
     );
     assert_eq!(s.ledger(w).await.unwrap().len(), 1);
     assert_eq!(s.ledger_entry(w, "dep_4").await.unwrap(), None);
-    assert_eq!(s.money_totals().await.unwrap().deposits, usd(5));
+    assert_eq!(s.money_totals().await.unwrap().deposits, usd(5).into());
 
     // Refused batches were not recorded: fixed, the same id applies.
     let fixed = batch("b2", w, vec![deposit("dep_2", w, usd(1), Nanos::ZERO)]);
@@ -307,7 +310,7 @@ async fn apply_is_exact_for_large_amounts(s: &dyn Store) {
     assert_eq!(bal.paid, Nanos(1_000_000_000_000_000_003));
     assert_eq!(bal.promo, Nanos(9_007_199_254_740_995));
     let t = s.money_totals().await.unwrap();
-    assert_eq!(t.deposits, Nanos(1_009_007_199_254_740_998));
+    assert_eq!(t.deposits, Nanos(1_009_007_199_254_740_998).into());
     assert_eq!(t.balances, t.deposits);
 }
 
@@ -338,9 +341,12 @@ async fn money_totals_sum_every_wallet(s: &dyn Store) {
         .unwrap();
     }
     let t = s.money_totals().await.unwrap();
-    assert_eq!(t.deposits, usd(6) + Nanos(6));
-    assert_eq!(t.usage, Nanos(60));
-    assert_eq!(t.balances, usd(6) + Nanos(6) - Nanos(60) - Nanos(3));
+    assert_eq!(t.deposits, (usd(6) + Nanos(6)).into());
+    assert_eq!(t.usage, Nanos(60).into());
+    assert_eq!(
+        t.balances,
+        (usd(6) + Nanos(6) - Nanos(60) - Nanos(3)).into()
+    );
 }
 
 async fn usage_rows_are_ordered_and_pruned_by_day(s: &dyn Store) {
@@ -670,6 +676,8 @@ contract!(
     apply_refuses_bad_batches_whole,
     apply_is_exact_for_large_amounts,
     money_totals_sum_every_wallet,
+    apply_refuses_out_of_range_before_any_write,
+    money_totals_pass_i64_exactly,
     usage_rows_are_ordered_and_pruned_by_day,
     teams_and_members_round_trip,
     invites_round_trip,

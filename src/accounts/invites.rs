@@ -160,6 +160,8 @@ impl Teams {
                 invite_id: invite.id.clone(),
             },
         );
+        // B10: refused here, before the record, if the team could not hold it.
+        self.transfers.check_fits(&transfer).await?;
         self.transfers.run(&transfer, self).await?;
         Ok((invite.team_id, invite.role))
     }

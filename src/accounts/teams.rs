@@ -158,6 +158,8 @@ impl Teams {
             team_wallet_id(&team.id),
             TransferOp::CreateTeam { team: team.clone() },
         );
+        // B10: refused before anything is written if the money cannot move.
+        self.transfers.check_fits(&transfer).await?;
         let moved = self.transfers.run(&transfer, self).await?;
         Ok((team, moved))
     }
@@ -324,6 +326,8 @@ impl Teams {
                     owner_id: team.owner_id.clone(),
                 },
             );
+            // B10: the payout must fit the Owner's balance, or nothing changes.
+            self.transfers.check_fits(&transfer).await?;
             // Recorded first: from here a crash finishes the deletion at start.
             self.store.put_transfer(&transfer).await?;
             // Gone for everyone from here: no join, invite, key or top-up

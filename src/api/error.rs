@@ -83,7 +83,7 @@ fn wallet_parts(e: &WalletError) -> (StatusCode, &'static str) {
         WalletError::Insufficient => (S::PAYMENT_REQUIRED, "insufficient_balance"),
         WalletError::Closed => (S::CONFLICT, "wallet_closed"),
         WalletError::Unavailable => (S::SERVICE_UNAVAILABLE, "unavailable"),
-        WalletError::Overflow => (S::UNPROCESSABLE_ENTITY, "invalid_amount"),
+        WalletError::OutOfRange => (S::UNPROCESSABLE_ENTITY, "amount_out_of_range"),
     }
 }
 
@@ -126,6 +126,7 @@ fn store_parts(e: &StoreError) -> (StatusCode, &'static str) {
         StoreError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         StoreError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
         StoreError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        StoreError::OutOfRange(_) => (StatusCode::UNPROCESSABLE_ENTITY, "amount_out_of_range"),
     }
 }
 

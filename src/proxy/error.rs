@@ -95,7 +95,7 @@ impl From<WalletError> for ProxyError {
             WalletError::Insufficient => ProxyError::InsufficientBalance,
             // A closing wallet is a deleted team: its keys are dead (D1).
             WalletError::Closed => ProxyError::InvalidKey,
-            WalletError::Unavailable | WalletError::Overflow => ProxyError::Unavailable,
+            WalletError::Unavailable | WalletError::OutOfRange => ProxyError::Unavailable,
         }
     }
 }

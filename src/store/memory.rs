@@ -422,17 +422,18 @@ fn apply_batch(g: &mut Inner, batch: WalletBatch) -> StoreResult<(Applied, Walle
             return Err(StoreError::Corrupt(format!("entry {} applied twice", e.id)));
         }
     }
+    let after = balance_after(g, &batch)?;
     g.batches.insert(batch.batch_id.clone());
-    let wallet = g.wallets.entry(batch.wallet_id.clone()).or_default();
+    g.wallets.insert(batch.wallet_id.clone(), after);
     // This wallet's usage rows, looked up once a batch.
     let mut usage = None;
     for e in &batch.entries {
-        wallet.paid += e.paid;
-        wallet.promo += e.promo;
-        g.totals.balances += e.amount();
+        let amount = i128::from(e.paid.0) + i128::from(e.promo.0);
+        // Totals in i128: they never overflow nor clip (B8, B10).
+        g.totals.balances.0 += amount;
         match e.kind {
-            EntryKind::Deposit => g.totals.deposits += e.amount(),
-            EntryKind::Settlement => g.totals.usage -= e.amount(),
+            EntryKind::Deposit => g.totals.deposits.0 += amount,
+            EntryKind::Settlement => g.totals.usage.0 -= amount,
             EntryKind::TransferIn | EntryKind::TransferOut => {}
         }
         if let Some(u) = &e.usage {
@@ -455,6 +456,27 @@ fn apply_batch(g: &mut Inner, batch: WalletBatch) -> StoreResult<(Applied, Walle
             .insert(e.id.clone(), (batch.wallet_id.clone(), ledger.len()));
         ledger.push(e);
     }
-    let after = g.wallets.get(&batch.wallet_id).copied().unwrap_or_default();
     Ok((Applied::Now, after))
+}
+
+/// B10: the wallet's balance after the batch, its deltas summed in i128;
+/// a part or the balance outside i64 refuses the batch before any write.
+fn balance_after(g: &Inner, batch: &WalletBatch) -> StoreResult<WalletBalance> {
+    let wide = |n: Nanos| i128::from(n.0);
+    let (paid, promo) = batch.entries.iter().fold((0i128, 0i128), |(p, q), e| {
+        (p + wide(e.paid), q + wide(e.promo))
+    });
+    let before = g.wallets.get(&batch.wallet_id).copied().unwrap_or_default();
+    let refused = || {
+        StoreError::OutOfRange(format!(
+            "batch {} would take wallet {} outside i64 nano-dollars",
+            batch.batch_id, batch.wallet_id
+        ))
+    };
+    crate::money::credit_fits(before.paid, before.promo, paid, promo).map_err(|_| refused())?;
+    let part = |b: Nanos, d: i128| i64::try_from(wide(b) + d).map(Nanos).map_err(|_| refused());
+    Ok(WalletBalance {
+        paid: part(before.paid, paid)?,
+        promo: part(before.promo, promo)?,
+    })
 }

@@ -44,6 +44,10 @@ pub enum StoreError {
     NotFound,
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// B10: the batch would take a balance or counter outside i64;
+    /// refused before its first write (nothing of it applied).
+    #[error("amount out of range: {0}")]
+    OutOfRange(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -7,7 +7,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::money::Nanos;
+use crate::money::{Nanos, WideNanos};
 use crate::pricing::Usage;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -356,10 +356,12 @@ pub enum Change {
     Wallet(String),
 }
 
-/// Totals for the reconciliation report (B8).
+/// Totals for the reconciliation report (B8), in i128 (B10): every
+/// balance fits an i64, their sum over all wallets need not, and a total
+/// is never clipped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MoneyTotals {
-    pub deposits: Nanos,
-    pub usage: Nanos,
-    pub balances: Nanos,
+    pub deposits: WideNanos,
+    pub usage: WideNanos,
+    pub balances: WideNanos,
 }

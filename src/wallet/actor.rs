@@ -98,7 +98,7 @@ pub enum Msg {
     },
     CreditDone {
         entry: Box<LedgerEntry>,
-        result: Result<Applied, ()>,
+        result: Result<Applied, WalletError>,
         reply_to: RpcReplyPort<Result<Credited, WalletError>>,
     },
 }
@@ -338,6 +338,21 @@ impl State {
             let _ = reply_to.send(Err(WalletError::Closed));
             return;
         }
+        // B10, before anything is written: the balance plus every credit
+        // already on its way to the store plus this one stays in i64. (A
+        // cheap check on a rare path; settlements need none: a cost never
+        // exceeds its hold, so a debit only lowers a balance that was in
+        // range, and a release only frees what a hold reserved.)
+        let (paid, promo) = self.credits_inflight;
+        let (paid, promo) = (
+            paid + i128::from(entry.paid.0),
+            promo + i128::from(entry.promo.0),
+        );
+        if let Err(e) = self.ledger.fits(paid, promo) {
+            let _ = reply_to.send(Err(e));
+            return;
+        }
+        self.credits_inflight = (paid, promo);
         self.money_inflight += 1;
         self.seq += 1;
         let store = self.args.store.clone();
@@ -355,10 +370,12 @@ impl State {
     fn handle_credit_done(
         &mut self,
         entry: &LedgerEntry,
-        result: Result<Applied, ()>,
+        result: Result<Applied, WalletError>,
         reply_to: RpcReplyPort<Result<Credited, WalletError>>,
     ) {
         self.money_inflight -= 1;
+        self.credits_inflight.0 -= i128::from(entry.paid.0);
+        self.credits_inflight.1 -= i128::from(entry.promo.0);
         self.seq += 1;
         let answer = match result {
             Ok(Applied::Now) => {
@@ -373,7 +390,7 @@ impl State {
                 view: self.view(),
                 applied_now: false,
             }),
-            Err(()) => Err(WalletError::Unavailable),
+            Err(e) => Err(e),
         };
         let _ = reply_to.send(answer);
     }

@@ -2,7 +2,7 @@
 //! (actor.rs) owns one `Ledger` and is its only writer; every money rule of
 //! a single wallet (B1, B2, B6) is decided here and unit-tested alone.
 
-use crate::money::Nanos;
+use crate::money::{credit_fits, Nanos, OutOfRange};
 use crate::store::{LedgerEntry, Part};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -17,9 +17,10 @@ pub enum WalletError {
     /// admitting more would leave spend unpersisted.
     #[error("wallet unavailable")]
     Unavailable,
-    /// An amount would overflow the balance.
-    #[error("amount out of range")]
-    Overflow,
+    /// B10: the change would take a balance (a part, or paid + promo)
+    /// outside i64 nano-dollars; refused before anything is written.
+    #[error("{}", crate::money::OutOfRange)]
+    OutOfRange,
 }
 
 /// One wallet's balance and outstanding holds.
@@ -80,7 +81,10 @@ impl Ledger {
         if self.available() <= self.threshold {
             return Err(WalletError::Insufficient);
         }
-        self.held = self.held.checked_add(amount).ok_or(WalletError::Overflow)?;
+        self.held = self
+            .held
+            .checked_add(amount)
+            .ok_or(WalletError::OutOfRange)?;
         Ok(())
     }
 
@@ -106,14 +110,20 @@ impl Ledger {
         debit
     }
 
-    /// Add a signed amount to one part (deposits, transfers).
+    /// Add a signed amount to one part (deposits, transfers); B10: refused
+    /// whole if a part or the balance would leave i64.
     pub fn credit(&mut self, part: Part, amount: Nanos) -> Result<(), WalletError> {
-        let slot = match part {
-            Part::Paid => &mut self.paid,
-            Part::Promo => &mut self.promo,
-        };
-        *slot = slot.checked_add(amount).ok_or(WalletError::Overflow)?;
-        Ok(())
+        match part {
+            Part::Paid => self.credit_both(amount, Nanos::ZERO),
+            Part::Promo => self.credit_both(Nanos::ZERO, amount),
+        }
+    }
+
+    /// B10: whether credits of `paid` and `promo` (i128: several in flight
+    /// may be summed) would keep both parts and the balance in i64.
+    pub fn fits(&self, paid: i128, promo: i128) -> Result<(), WalletError> {
+        credit_fits(self.paid, self.promo, paid, promo)
+            .map_err(|OutOfRange| WalletError::OutOfRange)
     }
 
     /// T3/I5: the paid balance that may leave the wallet: positive, and net
@@ -162,9 +172,13 @@ impl Ledger {
 
     /// A durable credit applied to memory: paid, then promo (a deposit or
     /// a transfer in).
+    /// Checked whole first (B10): a refused credit changes neither part.
     pub fn credit_both(&mut self, paid: Nanos, promo: Nanos) -> Result<(), WalletError> {
-        self.credit(Part::Paid, paid)
-            .and_then(|_| self.credit(Part::Promo, promo))
+        self.fits(paid.0.into(), promo.0.into())?;
+        // In range, checked just above: these sums cannot saturate.
+        self.paid += paid;
+        self.promo += promo;
+        Ok(())
     }
 
     /// Adopt a stored balance plus what is settled here but not yet
@@ -292,12 +306,19 @@ mod tests {
         let mut l = Ledger::new(usd(1), usd(2), T);
         l.credit_both(usd(10), usd(20)).unwrap();
         assert_eq!((l.paid, l.promo), (usd(11), usd(22)));
-        // Paid applies; promo overflows and stays.
+        // Promo would overflow: neither part moves (B10).
         assert_eq!(
             l.credit_both(usd(1), Nanos(i64::MAX)),
-            Err(WalletError::Overflow)
+            Err(WalletError::OutOfRange)
         );
-        assert_eq!((l.paid, l.promo), (usd(12), usd(22)));
+        assert_eq!((l.paid, l.promo), (usd(11), usd(22)));
+        // Each part fits, their sum does not: refused too.
+        let mut l = Ledger::new(Nanos(i64::MAX / 2 + 1), Nanos::ZERO, T);
+        assert_eq!(
+            l.credit(Part::Promo, Nanos(i64::MAX / 2 + 1)),
+            Err(WalletError::OutOfRange)
+        );
+        assert_eq!(l.promo, Nanos::ZERO);
     }
 
     #[test]
@@ -320,5 +341,34 @@ mod tests {
             &[entry(usd(-3), usd(-1)), entry(usd(-2), Nanos::ZERO)],
         );
         assert_eq!((l.paid, l.promo, l.held), (usd(45), usd(4), usd(1)));
+    }
+
+    proptest::proptest! {
+        /// B10: a credit either applies exactly (parts and balance in i64,
+        /// computed in i128) or is refused and changes nothing.
+        #[test]
+        fn credits_apply_exactly_or_change_nothing(
+            paid in proptest::num::i64::ANY,
+            promo in proptest::num::i64::ANY,
+            add_paid in proptest::num::i64::ANY,
+            add_promo in proptest::num::i64::ANY,
+        ) {
+            let wide = |a: i64, b: i64| i128::from(a) + i128::from(b);
+            proptest::prop_assume!(i64::try_from(wide(paid, promo)).is_ok());
+            let mut l = Ledger::new(Nanos(paid), Nanos(promo), T);
+            let (p, q) = (wide(paid, add_paid), wide(promo, add_promo));
+            let fits = [p, q, p + q].iter().all(|v| i64::try_from(*v).is_ok());
+            match l.credit_both(Nanos(add_paid), Nanos(add_promo)) {
+                Ok(()) => {
+                    proptest::prop_assert!(fits);
+                    proptest::prop_assert_eq!((i128::from(l.paid.0), i128::from(l.promo.0)), (p, q));
+                }
+                Err(e) => {
+                    proptest::prop_assert!(!fits);
+                    proptest::prop_assert_eq!(e, WalletError::OutOfRange);
+                    proptest::prop_assert_eq!((l.paid, l.promo), (Nanos(paid), Nanos(promo)));
+                }
+            }
+        }
     }
 }

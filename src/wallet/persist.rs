@@ -4,8 +4,11 @@
 //! code reads as decisions only, and every write's error handling (log,
 //! answer `Err(())`, let the actor decide) sits in one place.
 
+use super::WalletError;
 use crate::money::Nanos;
-use crate::store::{Applied, Change, EventRecord, LedgerEntry, Store, WalletBalance, WalletBatch};
+use crate::store::{
+    Applied, Change, EventRecord, LedgerEntry, Store, StoreError, WalletBalance, WalletBatch,
+};
 
 /// Write a settlement batch; `Some(balance after)` if the store took it.
 pub(super) async fn flush(store: &dyn Store, batch: &WalletBatch) -> Option<WalletBalance> {
@@ -47,10 +50,17 @@ pub(super) async fn withdraw(
 }
 
 /// Write a credit (deposit, transfer in) before it is applied in memory.
-pub(super) async fn credit(store: &dyn Store, entry: &LedgerEntry) -> Result<Applied, ()> {
+/// The store's own range check (B10: another instance may have credited
+/// the wallet meanwhile) answers `OutOfRange`; any other failure is
+/// `Unavailable`.
+pub(super) async fn credit(store: &dyn Store, entry: &LedgerEntry) -> Result<Applied, WalletError> {
     let batch = WalletBatch::single(entry);
     store.apply(&batch).await.map(|(a, _)| a).map_err(|e| {
         tracing::warn!(wallet = %batch.wallet_id, error = %e, "credit not persisted");
+        match e {
+            StoreError::OutOfRange(_) => WalletError::OutOfRange,
+            _ => WalletError::Unavailable,
+        }
     })
 }
 

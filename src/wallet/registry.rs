@@ -30,7 +30,7 @@ use super::ledger::{Ledger, WalletError};
 use super::state::WalletShared;
 use super::{team_of, WalletHandle};
 use crate::clock::Clock;
-use crate::money::Nanos;
+use crate::money::{Nanos, WideNanos};
 use crate::store::Store;
 
 pub struct WalletRegistry {
@@ -268,12 +268,12 @@ impl WalletRegistry {
         result
     }
 
-    /// Sum of outstanding holds across running wallets.
-    pub async fn holds_total(&self) -> Nanos {
-        let mut total = Nanos::ZERO;
+    /// Sum of outstanding holds across running wallets, in i128 (B10).
+    pub async fn holds_total(&self) -> WideNanos {
+        let mut total = WideNanos::ZERO;
         for w in self.running() {
             if let Ok(v) = w.snapshot().await {
-                total += v.held;
+                total.0 += i128::from(v.held.0);
             }
         }
         total

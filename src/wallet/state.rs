@@ -87,6 +87,9 @@ pub struct State {
     pub(super) close_waiters: Vec<RpcReplyPort<()>>,
     /// Credits and withdrawals on their way to the store.
     pub(super) money_inflight: u32,
+    /// Paid and promo of the credits on their way to the store, counted
+    /// in the range check of the next credit (B10).
+    pub(super) credits_inflight: (i128, i128),
     /// `seq` when the flush in the air started: its stored balance is
     /// adopted only if no other write happened since.
     pub(super) flush_seq: u64,
@@ -114,6 +117,7 @@ impl State {
             closed: false,
             close_waiters: Vec::new(),
             money_inflight: 0,
+            credits_inflight: (0, 0),
             flush_seq: 0,
             seq: 0,
             last_active: Instant::now(),

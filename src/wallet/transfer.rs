@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::ids;
 use crate::money::Nanos;
 use crate::store::{Change, EntryKind, LedgerEntry, Store, StoreError, TransferOp, TransferRecord};
+use crate::wallet::ledger::Ledger;
 use crate::wallet::{team_wallet_id, WalletError, WalletRegistry, WithdrawRule};
 
 /// The non-money half of a transfer: the membership change its `op` names.
@@ -60,15 +61,42 @@ impl Transfers {
         }
     }
 
+    /// B10: whether `t`'s money fits its destination, checked before its
+    /// record is written (nothing is changed when it does not). The
+    /// amount checked bounds what `run` will move: for a join or a create
+    /// the source's movable paid balance (it only shrinks as holds are
+    /// placed); for a deletion the team's whole balance (settlements only
+    /// lower it). Credits that could raise either (deposits, other
+    /// transfers) take the same membership lock as the caller of this
+    /// check (`Teams::exclusive`), so in one process nothing changes the
+    /// answer before the money moves. Across instances the store's own
+    /// check refuses the credit instead, and the transfer stays pending
+    /// (retried by `retry_loop`, logged) until it fits.
+    pub async fn check_fits(&self, t: &TransferRecord) -> Result<(), WalletError> {
+        let from = self.wallets.get(&t.from_wallet).await?.snapshot().await?;
+        let to = self.wallets.get(&t.to_wallet).await?.snapshot().await?;
+        let from = Ledger {
+            paid: from.paid,
+            promo: from.promo,
+            held: from.held,
+            threshold: Nanos::ZERO,
+        };
+        let amount = match rule_of(&t.op) {
+            WithdrawRule::Everything => i128::from(from.paid.0) + i128::from(from.promo.0),
+            rule @ WithdrawRule::MovablePaid => {
+                let d = from.withdrawal(rule);
+                i128::from(d.paid.0) + i128::from(d.promo.0)
+            }
+        };
+        Ledger::new(to.paid, to.promo, Nanos::ZERO).fits(amount, 0)
+    }
+
     /// Record the transfer, make the membership change, move the money,
     /// mark it done. Every step is idempotent, so `recover` reruns it whole.
     pub async fn run<M: Membership>(&self, t: &TransferRecord, m: &M) -> Result<Nanos, M::Error> {
         self.store.put_transfer(t).await?;
         m.apply(&t.op).await?;
-        let rule = match t.op {
-            TransferOp::DeleteTeam { .. } => WithdrawRule::Everything,
-            _ => WithdrawRule::MovablePaid,
-        };
+        let rule = rule_of(&t.op);
         let from = self.wallets.get(&t.from_wallet).await?;
         let amount = from
             .withdraw(format!("xfer:{}:out", t.id), rule, t.id.clone())
@@ -107,6 +135,14 @@ impl Transfers {
             self.run(&t, m).await?;
         }
         Ok(n)
+    }
+}
+
+/// How much of the source a transfer takes.
+fn rule_of(op: &TransferOp) -> WithdrawRule {
+    match op {
+        TransferOp::DeleteTeam { .. } => WithdrawRule::Everything,
+        _ => WithdrawRule::MovablePaid,
     }
 }
 

@@ -31,8 +31,13 @@ struct Sums<'b> {
 }
 
 fn overflow(batch: &WalletBatch) -> StoreError {
-    StoreError::Corrupt(format!("batch {} overflows i64", batch.batch_id))
+    StoreError::OutOfRange(format!("batch {} overflows i64", batch.batch_id))
 }
+
+/// The unit `apply.lua` carries the `deposits` and `usage` counters in
+/// (4e18 nanos): a batch may move either by at most this, and by no less
+/// than zero, so the carried field never overflows (see apply.lua).
+const CARRY: i64 = 4_000_000_000_000_000_000;
 
 /// Sum a batch's deltas, reconciliation counters, usage and last-used
 /// times; any sum past i64 refuses the whole batch.
@@ -67,6 +72,9 @@ fn sums(batch: &WalletBatch) -> StoreResult<Sums<'_>> {
                 *last = (*last).max(t);
             }
         }
+    }
+    if !(0..=CARRY).contains(&deposits) || !(0..=CARRY).contains(&usage) {
+        return Err(overflow());
     }
     Ok(Sums {
         paid,
@@ -192,6 +200,9 @@ impl LedgerStore for RedisStore {
         match field(0) {
             Some("now") => Ok((Applied::Now, balance()?)),
             Some("before") => Ok((Applied::Before, balance()?)),
+            Some("range") => Err(StoreError::OutOfRange(
+                field(1).unwrap_or("batch out of range").to_string(),
+            )),
             Some("corrupt") => Err(StoreError::Corrupt(
                 field(1).unwrap_or("batch refused").to_string(),
             )),
@@ -209,30 +220,34 @@ impl LedgerStore for RedisStore {
         rows.iter().map(|s| decode(&key, s)).collect()
     }
 
+    /// B8, B10: per-wallet balances and counters summed in i128, never
+    /// clipped; each counter is `X_hi * 4e18 + X` (apply.lua).
     async fn money_totals(&self) -> StoreResult<MoneyTotals> {
         let wallets = self.smembers(&self.wallets_key()).await?;
         let mut t = MoneyTotals::default();
+        let fields = [
+            "paid",
+            "promo",
+            "deposits",
+            "deposits_hi",
+            "usage",
+            "usage_hi",
+        ];
         for chunk in wallets.chunks(CHUNK) {
             let mut pipe = redis::pipe();
             for w in chunk {
-                pipe.cmd("HMGET")
-                    .arg(self.wk(w, "bal"))
-                    .arg("paid")
-                    .arg("promo")
-                    .arg("deposits")
-                    .arg("usage");
+                pipe.cmd("HMGET").arg(self.wk(w, "bal")).arg(&fields[..]);
             }
-            type Row = (
-                Option<String>,
-                Option<String>,
-                Option<String>,
-                Option<String>,
-            );
-            let rows: Vec<Row> = self.p(&pipe).await?;
-            for (paid, promo, deposits, usage) in rows {
-                t.balances += nanos(paid.as_deref())? + nanos(promo.as_deref())?;
-                t.deposits += nanos(deposits.as_deref())?;
-                t.usage += nanos(usage.as_deref())?;
+            let rows: Vec<Vec<Option<String>>> = self.p(&pipe).await?;
+            for row in rows {
+                let mut v = [0i128; 6];
+                for (slot, s) in v.iter_mut().zip(&row) {
+                    *slot = nanos(s.as_deref())?.0.into();
+                }
+                let carry = i128::from(CARRY);
+                t.balances.0 += v[0] + v[1];
+                t.deposits.0 += v[3] * carry + v[2];
+                t.usage.0 += v[5] * carry + v[4];
             }
         }
         Ok(t)

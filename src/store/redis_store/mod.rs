@@ -8,7 +8,8 @@
 //! Every key starts with the configurable prefix `P` (e.g. `tollgate:`).
 //! A wallet's keys share the Redis Cluster hash tag `{wallet_id}`, so one
 //! script can change all of them atomically on a cluster too:
-//! - `P{w}:bal`        hash: `paid`, `promo`, `deposits`, `usage` (integer nanos)
+//! - `P{w}:bal`        hash: `paid`, `promo`, `deposits`, `deposits_hi`,
+//!   `usage`, `usage_hi` (integer nanos; a counter is `X_hi * 4e18 + X`)
 //! - `P{w}:ledger`     list of `LedgerEntry` JSON, in apply order
 //! - `P{w}:entries`    hash: entry id -> index in the ledger list
 //! - `P{w}:batches`    set of applied batch ids (kept forever: correctness
@@ -29,10 +30,16 @@
 //! # Money, atomicity, idempotency
 //! `apply` is one Lua script (`apply.lua`, beside this file): it checks everything
 //! (batch id seen -> `Before` with the stored balance; every entry is for
-//! this wallet; no entry id applied before; no money field near i64
-//! overflow) before its first write, because Redis scripts do not roll
-//! back. Amounts cross as integer strings into `HINCRBY`; Lua never does
-//! arithmetic on money (its numbers are doubles). The batch id joins the
+//! this wallet; no entry id applied before; B10: no balance part, no
+//! paid + promo and no usage counter past i64, compared exactly) before its
+//! first write, because Redis scripts do not roll back; a range refusal
+//! comes back as `StoreError::OutOfRange`. The reconciliation counters
+//! `deposits` and `usage` only grow and may pass i64 over a wallet's life:
+//! the script carries them in units of 4e18 into `deposits_hi` /
+//! `usage_hi`, and `money_totals` sums every wallet in i128 (see
+//! `apply.lua`). Amounts cross as integer strings into `HINCRBY`; Lua never writes
+//! a sum of its own (its numbers are doubles; the range checks add exact
+//! 9-digit halves). The batch id joins the
 //! wallet's `batches` set in the same script, so a batch whose answer was
 //! lost (a timeout, a dropped connection) and is sent again applies once.
 //!
