@@ -8,10 +8,13 @@
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/calls.rs"]
+mod calls;
 mod common;
 
 use std::sync::Arc;
 
+use calls::*;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -56,7 +59,7 @@ async fn sign_up_log_in_and_me() {
     let s: Value = r.json().await.unwrap();
     let token = s["token"].as_str().unwrap();
     assert!(s["expires_at"].is_string());
-    let me: Value = g.get("/api/me", Some(token)).await.json().await.unwrap();
+    let me = get_json(&g, "/api/me", token).await;
     assert_eq!(me["email"], "Ann@Example.com");
     assert_eq!(me["balance"], json!({"paid": "0.00", "promo": "0.00"}));
     assert_eq!(me["owned_team_id"], Value::Null);
@@ -363,12 +366,7 @@ async fn personal_keys_are_shown_once_and_stored_as_hashes() {
     assert_eq!(v["scope"], "personal");
     assert_eq!(v["status"], "active");
     assert!(key.starts_with(v["prefix"].as_str().unwrap()));
-    let list: Value = g
-        .get("/api/keys", Some(&u.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list = get_json(&g, "/api/keys", &u.token).await;
     let text = list.to_string();
     assert!(!text.contains(key), "listings never show the key");
     assert_eq!(list[0]["name"], "laptop");

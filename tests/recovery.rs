@@ -11,13 +11,15 @@
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/calls.rs"]
+mod calls;
 mod common;
 
 use std::sync::Arc;
 
+use calls::*;
 use chrono::Utc;
 use common::*;
-use serde_json::Value;
 use tollgate::money::Nanos;
 use tollgate::pricing::Pricing;
 use tollgate::store::memory::MemoryStore;
@@ -116,12 +118,7 @@ async fn create_team_interrupted(died: DiedAfter) {
         "10.00",
         "{died:?}: moved once"
     );
-    let keys: Value = api
-        .get("/api/keys", Some(&a.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let keys = get_json(&api, "/api/keys", &a.token).await;
     assert_eq!(keys[0]["status"], "archived", "{died:?}");
     assert_eq!(
         api.chat(&key, &chat_body("gpt-4o-mini"), &[])

@@ -10,6 +10,8 @@
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/calls.rs"]
+mod calls;
 mod common;
 #[path = "common/redis.rs"]
 mod redis_harness;
@@ -19,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use calls::*;
 use common::*;
 use redis_harness::RedisServer;
 use reqwest::StatusCode;
@@ -139,19 +142,14 @@ async fn snapshot(api: &Api, users: &[&User], team: &str, owner: &User) -> Value
     for u in users {
         out[&u.email] = json!({
             "me": api.me(u).await,
-            "keys": api.get("/api/keys", Some(&u.token)).await.json::<Value>().await.unwrap(),
-            "usage": api.get("/api/me/usage", Some(&u.token)).await.json::<Value>().await.unwrap(),
+            "keys": get_json(api, "/api/keys", &u.token).await,
+            "usage": get_json(api, "/api/me/usage", &u.token).await,
         });
     }
     for path in [
         "", "/members", "/keys", "/ledger", "/usage", "/events", "/invites",
     ] {
-        let v: Value = api
-            .get(&format!("/api/teams/{team}{path}"), Some(&owner.token))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(api, &format!("/api/teams/{team}{path}"), &owner.token).await;
         out[format!("team{path}")] = v;
     }
     out["reconcile"] = api.reconcile().await;
@@ -282,12 +280,7 @@ async fn kill_9_under_load_loses_at_most_a_flush_window() {
     gw.spawn().await;
     let rec = gw.reconcile().await;
     assert_eq!(rec["ok"], true, "conservation after kill -9: {rec}");
-    let usage: Value = gw
-        .get("/api/me/usage", Some(&u.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let usage = get_json(&gw, "/api/me/usage", &u.token).await;
     let billed = usage["calls"].as_u64().unwrap();
     assert!(billed <= served, "billed {billed} > served {served}");
     let unbilled = served - billed;
@@ -362,12 +355,7 @@ async fn redis_restarted_under_load_the_gateway_recovers_by_itself() {
     assert_eq!(rec["ok"], true, "{rec}");
     assert_eq!(rec["holds_total"], "0.00");
     // Every request served was billed once: none lost, none doubled.
-    let usage: Value = gw
-        .get("/api/me/usage", Some(&u.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let usage = get_json(&gw, "/api/me/usage", &u.token).await;
     assert_eq!(
         usage["calls"].as_u64().unwrap(),
         served.load(Ordering::Relaxed)

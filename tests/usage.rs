@@ -9,8 +9,11 @@
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/calls.rs"]
+mod calls;
 mod common;
 
+use calls::*;
 use common::*;
 use proptest::prelude::*;
 use reqwest::StatusCode;
@@ -50,15 +53,7 @@ async fn stats_equal_the_requests_made_json_and_streamed() {
         StatusCode::BAD_GATEWAY
     );
 
-    let keys = || async {
-        let v: Value = g
-            .get("/api/keys", Some(&u.token))
-            .await
-            .json()
-            .await
-            .unwrap();
-        v
-    };
+    let keys = || get_json(&g, "/api/keys", &u.token);
     // `last_used_at` is written with the settlement, at the wallet's next
     // flush (every 2 ms here).
     wait_until("last_used_at after a flush", || async {
@@ -202,12 +197,7 @@ async fn team_usage_by_member_and_key_keeps_leavers_and_deleted_keys() {
     assert_eq!(key(&kb_id)["spend"], usd(2 * per));
     assert_eq!(key(&ka_id)["calls"], 1);
     // Team usage spend = the team ledger's settlements.
-    let ledger: Value = g
-        .get(&format!("/api/teams/{team}/ledger"), Some(&a.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let ledger = get_json(&g, &format!("/api/teams/{team}/ledger"), &a.token).await;
     let settled: i64 = ledger
         .as_array()
         .unwrap()
@@ -353,7 +343,7 @@ proptest! {
             }
             let t = usage(&g, &format!("/api/teams/{team}/usage"), &a.token).await;
             let by_key: i64 = t["by_key"].as_array().unwrap().iter().map(|k| nanos(k["spend"].as_str().unwrap())).sum();
-            let ledger: Value = g.get(&format!("/api/teams/{team}/ledger"), Some(&a.token)).await.json().await.unwrap();
+            let ledger = get_json(&g, &format!("/api/teams/{team}/ledger"), &a.token).await;
             let settled: i64 = ledger.as_array().unwrap().iter().filter(|e| e["kind"] == "settlement")
                 .map(|e| -nanos(e["amount"].as_str().unwrap())).sum();
             assert_eq!(by_key, settled);

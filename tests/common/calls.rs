@@ -15,7 +15,7 @@ use tollgate::money::Nanos;
 use tollgate::store::Store;
 use tollgate::wallet::{WalletHandle, WalletRegistry};
 
-use crate::common::{chat_body, wait_until, Api};
+use crate::common::{chat_body, wait_until, Api, Gateway};
 
 /// The status of a `gpt-4o-mini` chat (`chat_body`) sent with `knobs`.
 pub async fn chat_status(api: &Api, key: &str, knobs: &[(&str, &str)]) -> StatusCode {
@@ -53,6 +53,12 @@ pub async fn holds_released(api: &Api, what: &str) {
         api.reconcile().await["holds_total"] == "0.00"
     })
     .await;
+}
+
+/// The gateway's Prometheus exposition.
+pub async fn metrics(g: &Gateway) -> String {
+    let url = format!("http://{}/metrics", g.running.metrics_addr);
+    reqwest::get(url).await.unwrap().text().await.unwrap()
 }
 
 /// A wallet registry on the system clock whose flushes may fail for 5 s.
