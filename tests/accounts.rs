@@ -155,24 +155,24 @@ async fn unknown_and_expired_sessions_get_401() {
     let u = g.user("a@example.com").await;
     for bad in [None, Some("tgs_nope"), Some("")] {
         assert_eq!(
-            g.get("/api/me", bad).await.status(),
+            get_status(&g, "/api/me", bad).await,
             StatusCode::UNAUTHORIZED
         );
     }
     // An API key is not a session.
     let key = g.key(&u).await;
     assert_eq!(
-        g.get("/api/me", Some(&key)).await.status(),
+        get_status(&g, "/api/me", Some(&key)).await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        g.get("/api/me", Some(&u.token)).await.status(),
+        get_status(&g, "/api/me", Some(&u.token)).await,
         StatusCode::OK
     );
     g.clock
         .advance(chrono::Duration::hours(168) + chrono::Duration::seconds(1));
     assert_eq!(
-        g.get("/api/me", Some(&u.token)).await.status(),
+        get_status(&g, "/api/me", Some(&u.token)).await,
         StatusCode::UNAUTHORIZED
     );
 }
@@ -304,9 +304,7 @@ async fn bad_deposits_change_nothing() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
-        g.get("/api/admin/reconcile", Some("wrong-token"))
-            .await
-            .status(),
+        get_status(&g, "/api/admin/reconcile", Some("wrong-token")).await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(g.balance(&u).await.0, "1000000000.00");
@@ -344,7 +342,7 @@ async fn operator_is_refused_when_no_token_is_configured() {
         .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
-        g.get("/api/admin/reconcile", Some("")).await.status(),
+        get_status(&g, "/api/admin/reconcile", Some("")).await,
         StatusCode::UNAUTHORIZED
     );
 }
@@ -387,25 +385,19 @@ async fn personal_keys_are_shown_once_and_stored_as_hashes() {
     let other = g.user("b@example.com").await;
     let id = v["id"].as_str().unwrap();
     assert_eq!(
-        g.delete(&format!("/api/keys/{id}"), Some(&other.token))
-            .await
-            .status(),
+        delete_status(&g, &format!("/api/keys/{id}"), Some(&other.token)).await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        g.delete(&format!("/api/keys/{id}"), None).await.status(),
+        delete_status(&g, &format!("/api/keys/{id}"), None).await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        g.delete(&format!("/api/keys/{id}"), Some(&u.token))
-            .await
-            .status(),
+        delete_status(&g, &format!("/api/keys/{id}"), Some(&u.token)).await,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        g.delete(&format!("/api/keys/{id}"), Some(&u.token))
-            .await
-            .status(),
+        delete_status(&g, &format!("/api/keys/{id}"), Some(&u.token)).await,
         StatusCode::NOT_FOUND
     );
 }
@@ -446,8 +438,8 @@ async fn a_key_refused_as_unknown_works_once_it_exists() {
 #[tokio::test]
 async fn health_and_readiness() {
     let g = spawn_gateway().await;
-    assert_eq!(g.get("/healthz", None).await.status(), StatusCode::OK);
-    assert_eq!(g.get("/readyz", None).await.status(), StatusCode::OK);
+    assert_eq!(get_status(&g, "/healthz", None).await, StatusCode::OK);
+    assert_eq!(get_status(&g, "/readyz", None).await, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -195,9 +195,7 @@ async fn a_deletion_interrupted_between_the_halves_pays_out_once() {
     let api = Api::new(&second.url());
     assert_eq!(api.balance(&a).await.0, "7.00");
     assert_eq!(
-        api.get(&format!("/api/teams/{team}"), Some(&a.token))
-            .await
-            .status(),
+        get_status(&api, &format!("/api/teams/{team}"), Some(&a.token)).await,
         404
     );
     assert!(api.me(&b).await["teams"].as_array().unwrap().is_empty());

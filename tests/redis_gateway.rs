@@ -327,13 +327,13 @@ async fn redis_restarted_under_load_the_gateway_recovers_by_itself() {
         .await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
-        gw.get("/readyz", None).await.status(),
+        get_status(&gw, "/readyz", None).await,
         StatusCode::SERVICE_UNAVAILABLE
     );
     let during = served.load(Ordering::Relaxed);
     redis.restart();
     wait_until("gateway ready again", || async {
-        gw.get("/readyz", None).await.status() == StatusCode::OK
+        get_status(&gw, "/readyz", None).await == StatusCode::OK
     })
     .await;
     wait_until("serving again", || async {

@@ -25,6 +25,12 @@ async fn usage(g: &Gateway, path: &str, token: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// The row of the array `rows` whose `field` is `id`.
+fn row(rows: &Value, field: &str, id: &str) -> Value {
+    let found = rows.as_array().unwrap().iter().find(|r| r[field] == id);
+    found.cloned().unwrap()
+}
+
 #[tokio::test]
 async fn stats_equal_the_requests_made_json_and_streamed() {
     let g = spawn_gateway().await;
@@ -91,9 +97,7 @@ async fn days_and_format_are_checked_and_csv_is_served() {
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "days={bad}");
     }
     assert_eq!(
-        g.get("/api/me/usage?format=xml", Some(&u.token))
-            .await
-            .status(),
+        get_status(&g, "/api/me/usage?format=xml", Some(&u.token)).await,
         StatusCode::UNPROCESSABLE_ENTITY
     );
     let s = usage(&g, "/api/me/usage?days=90", &u.token).await;
@@ -102,10 +106,7 @@ async fn days_and_format_are_checked_and_csv_is_served() {
         .get("/api/me/usage?format=csv&days=1", Some(&u.token))
         .await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/csv"));
+    assert!(content_type(&r).starts_with("text/csv"));
     let text = r.text().await.unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2);
@@ -172,27 +173,11 @@ async fn team_usage_by_member_and_key_keeps_leavers_and_deleted_keys() {
     let t = usage(&g, &format!("/api/teams/{team}/usage"), &a.token).await;
     assert_eq!(t["total"]["calls"], 3);
     assert_eq!(t["total"]["spend"], usd(3 * per));
-    let member = |id: &str| {
-        t["by_member"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["user_id"] == id)
-            .cloned()
-            .unwrap()
-    };
+    let member = |id: &str| row(&t["by_member"], "user_id", id);
     assert_eq!(member(&b.id)["calls"], 2);
     assert_eq!(member(&b.id)["left"], true);
     assert_eq!(member(&a.id)["left"], false);
-    let key = |id: &str| {
-        t["by_key"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|k| k["key_id"] == id)
-            .cloned()
-            .unwrap()
-    };
+    let key = |id: &str| row(&t["by_key"], "key_id", id);
     assert_eq!(key(&kb_id)["status"], "deleted");
     assert_eq!(key(&kb_id)["spend"], usd(2 * per));
     assert_eq!(key(&ka_id)["calls"], 1);
@@ -267,7 +252,7 @@ async fn usage_visibility_follows_the_role_table() {
             assert_eq!(r.status().as_u16(), want[i], "{path} as {}", u.email);
         }
         assert_eq!(
-            g.get(&path, None).await.status().as_u16(),
+            get_status(&g, &path, None).await.as_u16(),
             want[4],
             "{path} anonymous"
         );

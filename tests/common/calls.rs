@@ -24,6 +24,21 @@ pub async fn chat_status(api: &Api, key: &str, knobs: &[(&str, &str)]) -> Status
         .status()
 }
 
+/// The status of a GET as `bearer` (or anonymously).
+pub async fn get_status(api: &Api, path: &str, bearer: Option<&str>) -> StatusCode {
+    api.get(path, bearer).await.status()
+}
+
+/// The status of a DELETE as `bearer` (or anonymously).
+pub async fn delete_status(api: &Api, path: &str, bearer: Option<&str>) -> StatusCode {
+    api.delete(path, bearer).await.status()
+}
+
+/// The response's content type, as text.
+pub fn content_type(r: &Response) -> &str {
+    r.headers()["content-type"].to_str().unwrap()
+}
+
 /// A GET's JSON body as `bearer` sees it, whatever the status.
 pub async fn get_json(api: &Api, path: &str, bearer: &str) -> Value {
     api.get(path, Some(bearer)).await.json().await.unwrap()
