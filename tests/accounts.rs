@@ -221,32 +221,15 @@ async fn deposits_are_idempotent_and_exact() {
 async fn bad_deposits_change_nothing() {
     let g = spawn_gateway().await;
     let u = g.user("a@example.com").await;
+    let stripe = |amount: Value| json!({"user_id": u.id, "amount": amount, "kind": "stripe"});
     let cases = [
-        (json!({"user_id": u.id, "amount": 5, "kind": "stripe"}), 422),
-        (
-            json!({"user_id": u.id, "amount": 5.5, "kind": "stripe"}),
-            422,
-        ),
-        (
-            json!({"user_id": u.id, "amount": "0", "kind": "stripe"}),
-            422,
-        ),
-        (
-            json!({"user_id": u.id, "amount": "-1", "kind": "stripe"}),
-            422,
-        ),
-        (
-            json!({"user_id": u.id, "amount": "0.0000000001", "kind": "stripe"}),
-            422,
-        ),
-        (
-            json!({"user_id": u.id, "amount": "1000000000.01", "kind": "stripe"}),
-            422,
-        ),
-        (
-            json!({"user_id": u.id, "amount": "1e3", "kind": "stripe"}),
-            422,
-        ),
+        (stripe(json!(5)), 422),
+        (stripe(json!(5.5)), 422),
+        (stripe(json!("0")), 422),
+        (stripe(json!("-1")), 422),
+        (stripe(json!("0.0000000001")), 422),
+        (stripe(json!("1000000000.01")), 422),
+        (stripe(json!("1e3")), 422),
         (
             json!({"user_id": u.id, "amount": "1", "kind": "paypal"}),
             422,
@@ -334,12 +317,7 @@ async fn concurrent_identical_deposits_credit_once() {
 async fn operator_is_refused_when_no_token_is_configured() {
     let g = spawn_gateway_with(|c| c.operator_token = None).await;
     let u = g.user("a@example.com").await;
-    let r = g
-        .deposit_raw(
-            "x",
-            &json!({"user_id": u.id, "amount": "1", "kind": "stripe"}),
-        )
-        .await;
+    let r = stripe_deposit(&g, "x", &u, "1").await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         get_status(&g, "/api/admin/reconcile", Some("")).await,

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{RequestBuilder, Response, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tollgate::billing::{deposit, DepositKind};
 use tollgate::clock::SystemClock;
 use tollgate::money::Nanos;
 use tollgate::store::Store;
 use tollgate::wallet::{WalletHandle, WalletRegistry};
 
-use crate::common::{chat_body, wait_until, Api, Gateway};
+use crate::common::{chat_body, wait_until, Api, Gateway, User};
 
 /// The status of a `gpt-4o-mini` chat (`chat_body`) sent with `knobs`.
 pub async fn chat_status(api: &Api, key: &str, knobs: &[(&str, &str)]) -> StatusCode {
@@ -60,6 +60,13 @@ pub fn post_as(api: &Api, path: &str, bearer: &str) -> RequestBuilder {
 /// Sends `request`; a transport error fails the test.
 pub async fn send(request: RequestBuilder) -> Response {
     request.send().await.unwrap()
+}
+
+/// An operator deposit of `amount` (stripe) to `user`'s wallet under the
+/// idempotency key `idem`; the response, whatever its status.
+pub async fn stripe_deposit(api: &Api, idem: &str, user: &User, amount: &str) -> Response {
+    let body = json!({"user_id": user.id, "amount": amount, "kind": "stripe"});
+    api.deposit_raw(idem, &body).await
 }
 
 /// Waits until no hold is outstanding in the reconciliation.
