@@ -120,12 +120,7 @@ async fn create_team_interrupted(died: DiedAfter) {
     );
     let keys = get_json(&api, "/api/keys", &a.token).await;
     assert_eq!(keys[0]["status"], "archived", "{died:?}");
-    assert_eq!(
-        api.chat(&key, &chat_body("gpt-4o-mini"), &[])
-            .await
-            .status(),
-        401
-    );
+    assert_eq!(chat_status(&api, &key, &[]).await, 401);
     let rec = api.reconcile().await;
     assert_eq!(rec["ok"], true, "{died:?}");
     assert_eq!(rec["balances_total"], "10.00");

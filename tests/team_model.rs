@@ -4,6 +4,10 @@
 //! model's and every request's outcome (200, 401, 402) is the model's; at
 //! the end every balance equals the model's and conservation (B8) is exact.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "test code: one case reads best as one story"
+)]
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 

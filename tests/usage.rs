@@ -40,10 +40,7 @@ async fn stats_equal_the_requests_made_json_and_streamed() {
         ("x-mock-cached-tokens", "40"),
         ("x-mock-completion-tokens", "7"),
     ];
-    assert_eq!(
-        g.chat(&key, &chat_body("gpt-4o-mini"), &t).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(chat_status(&g, &key, &t).await, StatusCode::OK);
     let stream = json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     let t2 = [
         ("x-mock-prompt-tokens", "20"),
@@ -53,9 +50,7 @@ async fn stats_equal_the_requests_made_json_and_streamed() {
     assert!(text.ends_with("[DONE]\n\n"));
     // A failed upstream call is not counted.
     assert_eq!(
-        g.chat(&key, &chat_body("gpt-4o-mini"), &[("x-mock-status", "503")])
-            .await
-            .status(),
+        chat_status(&g, &key, &[("x-mock-status", "503")]).await,
         StatusCode::BAD_GATEWAY
     );
 
@@ -311,7 +306,7 @@ proptest! {
                     Call::Json { prompt, cached, output } => {
                         let (p, cc, o) = (prompt.to_string(), cached.to_string(), output.to_string());
                         let t = [("x-mock-prompt-tokens", p.as_str()), ("x-mock-cached-tokens", cc.as_str()), ("x-mock-completion-tokens", o.as_str())];
-                        assert_eq!(g.chat(key, &chat_body("gpt-4o-mini"), &t).await.status(), StatusCode::OK);
+                        assert_eq!(chat_status(&g, key, &t).await, StatusCode::OK);
                         expected += mini_cost(*prompt as i64, *cached as i64, *output as i64);
                     }
                     Call::Stream { prompt, output } => {
@@ -322,7 +317,7 @@ proptest! {
                         expected += mini_cost(*prompt as i64, 0, *output as i64);
                     }
                     Call::Fail => {
-                        assert_eq!(g.chat(key, &chat_body("gpt-4o-mini"), &[("x-mock-status", "500")]).await.status(), StatusCode::BAD_GATEWAY);
+                        assert_eq!(chat_status(&g, key, &[("x-mock-status", "500")]).await, StatusCode::BAD_GATEWAY);
                     }
                 }
             }
