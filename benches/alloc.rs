@@ -25,9 +25,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tollgate::money::Nanos;
-use tollgate::pricing::Usage;
 use tollgate::proxy::meter::{usage_of_json, SseMeter};
-use tollgate::store::UsageFacts;
 
 #[global_allocator]
 static ALLOC: counting::Counting = counting::Counting;
@@ -108,25 +106,20 @@ fn main() {
             .now_or_never()
             .expect("a cached key never awaits")
     };
+    let lookup = |secret: &str| {
+        app.keys
+            .lookup(secret.as_bytes(), &*store, &app.wallets)
+            .now_or_never()
+    };
     report.line(
         "key lookup, hit",
-        per_op(N, || {
-            let r = app
-                .keys
-                .lookup(key.secret.as_bytes(), &*store, &app.wallets)
-                .now_or_never();
-            assert!(matches!(r, Some(Ok(_))));
-        }),
+        per_op(N, || assert!(matches!(lookup(&key.secret), Some(Ok(_))))),
         Some(0.0),
     );
     report.line(
         "key lookup, negative-cache hit",
         per_op(N, || {
-            let r = app
-                .keys
-                .lookup(unknown.secret.as_bytes(), &*store, &app.wallets)
-                .now_or_never();
-            assert!(matches!(r, Some(Err(_))));
+            assert!(matches!(lookup(&unknown.secret), Some(Err(_))))
         }),
         Some(0.0),
     );
@@ -149,11 +142,7 @@ fn main() {
     // Context: the rest of the request's pieces.
     let p = common::pricing();
     let mini = p.get("gpt-4o-mini").expect("priced");
-    let u = Usage {
-        input_tokens: 1219,
-        cached_tokens: 1024,
-        output_tokens: 10,
-    };
+    let u = common::cached_chat_usage();
     report.line(
         "pricing: get + max_cost + cost",
         per_op(N, || {
@@ -170,12 +159,7 @@ fn main() {
         }),
         None,
     );
-    let events: Vec<Bytes> = common::CHAT_SSE
-        .split_inclusive(|&b| b == b'\n')
-        .collect::<Vec<_>>()
-        .chunks(2)
-        .map(|c| Bytes::from(c.concat()))
-        .collect();
+    let events = common::chat_sse_events();
     let n_events = events.len() as f64;
     report.line(
         "meter: SSE, pass-through, per event",
@@ -199,15 +183,7 @@ fn main() {
         let w = w.clone();
         async move {
             let hold = w.hold(id, Nanos(2_000)).await.expect("hold");
-            let facts = UsageFacts {
-                key_id: "key_bench00000000".into(),
-                member_id: "usr_bench".into(),
-                team_id: None,
-                model: "gpt-4o-mini".into(),
-                status: Default::default(),
-                usage: u,
-            };
-            hold.settle(Nanos(1_000), format!("req_{id:x}"), facts);
+            hold.settle(Nanos(1_000), format!("req_{id:x}"), common::facts(u));
         }
     };
     rt.block_on(pair(&w));

@@ -116,19 +116,13 @@ fn key_lookup(c: &mut Criterion) {
     drop(rt);
 }
 
+/// The usage of one small settled chat.
 fn facts() -> UsageFacts {
-    UsageFacts {
-        key_id: "key_bench00000000".into(),
-        member_id: "usr_bench".into(),
-        team_id: None,
-        model: "gpt-4o-mini".into(),
-        status: Default::default(),
-        usage: Usage {
-            input_tokens: 12,
-            cached_tokens: 0,
-            output_tokens: 16,
-        },
-    }
+    common::facts(Usage {
+        input_tokens: 12,
+        cached_tokens: 0,
+        output_tokens: 16,
+    })
 }
 
 /// One hot wallet, `tasks` concurrent clients, each doing hold then settle
@@ -193,12 +187,7 @@ fn meter(c: &mut Criterion) {
     });
 
     // An SSE stream as the upstream sends it: one event per chunk.
-    let events: Vec<Bytes> = common::CHAT_SSE
-        .split_inclusive(|&b| b == b'\n')
-        .collect::<Vec<_>>()
-        .chunks(2)
-        .map(|c| Bytes::from(c.concat()))
-        .collect();
+    let events = common::chat_sse_events();
     let whole = Bytes::from_static(common::CHAT_SSE);
     g.throughput(Throughput::Bytes(whole.len() as u64));
     for (name, hide) in [
@@ -229,11 +218,7 @@ fn meter(c: &mut Criterion) {
 fn pricing(c: &mut Criterion) {
     let p = common::pricing();
     let mini = p.get("gpt-4o-mini").expect("priced");
-    let u = Usage {
-        input_tokens: 1219,
-        cached_tokens: 1024,
-        output_tokens: 10,
-    };
+    let u = common::cached_chat_usage();
     let mut g = c.benchmark_group("pricing");
     g.throughput(Throughput::Elements(1));
     g.bench_function("get", |b| {

@@ -8,10 +8,13 @@
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/calls.rs"]
+mod calls;
 mod common;
 
 use std::sync::Arc;
 
+use calls::*;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -56,7 +59,7 @@ async fn sign_up_log_in_and_me() {
     let s: Value = r.json().await.unwrap();
     let token = s["token"].as_str().unwrap();
     assert!(s["expires_at"].is_string());
-    let me: Value = g.get("/api/me", Some(token)).await.json().await.unwrap();
+    let me = get_json(&g, "/api/me", token).await;
     assert_eq!(me["email"], "Ann@Example.com");
     assert_eq!(me["balance"], json!({"paid": "0.00", "promo": "0.00"}));
     assert_eq!(me["owned_team_id"], Value::Null);
@@ -152,24 +155,24 @@ async fn unknown_and_expired_sessions_get_401() {
     let u = g.user("a@example.com").await;
     for bad in [None, Some("tgs_nope"), Some("")] {
         assert_eq!(
-            g.get("/api/me", bad).await.status(),
+            get_status(&g, "/api/me", bad).await,
             StatusCode::UNAUTHORIZED
         );
     }
     // An API key is not a session.
     let key = g.key(&u).await;
     assert_eq!(
-        g.get("/api/me", Some(&key)).await.status(),
+        get_status(&g, "/api/me", Some(&key)).await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        g.get("/api/me", Some(&u.token)).await.status(),
+        get_status(&g, "/api/me", Some(&u.token)).await,
         StatusCode::OK
     );
     g.clock
         .advance(chrono::Duration::hours(168) + chrono::Duration::seconds(1));
     assert_eq!(
-        g.get("/api/me", Some(&u.token)).await.status(),
+        get_status(&g, "/api/me", Some(&u.token)).await,
         StatusCode::UNAUTHORIZED
     );
 }
@@ -218,32 +221,15 @@ async fn deposits_are_idempotent_and_exact() {
 async fn bad_deposits_change_nothing() {
     let g = spawn_gateway().await;
     let u = g.user("a@example.com").await;
+    let stripe = |amount: Value| json!({"user_id": u.id, "amount": amount, "kind": "stripe"});
     let cases = [
-        (json!({"user_id": u.id, "amount": 5, "kind": "stripe"}), 422),
-        (
-            json!({"user_id": u.id, "amount": 5.5, "kind": "stripe"}),
-            422,
-        ),
-        (
-            json!({"user_id": u.id, "amount": "0", "kind": "stripe"}),
-            422,
-        ),
-        (
-            json!({"user_id": u.id, "amount": "-1", "kind": "stripe"}),
-            422,
-        ),
-        (
-            json!({"user_id": u.id, "amount": "0.0000000001", "kind": "stripe"}),
-            422,
-        ),
-        (
-            json!({"user_id": u.id, "amount": "1000000000.01", "kind": "stripe"}),
-            422,
-        ),
-        (
-            json!({"user_id": u.id, "amount": "1e3", "kind": "stripe"}),
-            422,
-        ),
+        (stripe(json!(5)), 422),
+        (stripe(json!(5.5)), 422),
+        (stripe(json!("0")), 422),
+        (stripe(json!("-1")), 422),
+        (stripe(json!("0.0000000001")), 422),
+        (stripe(json!("1000000000.01")), 422),
+        (stripe(json!("1e3")), 422),
         (
             json!({"user_id": u.id, "amount": "1", "kind": "paypal"}),
             422,
@@ -301,9 +287,7 @@ async fn bad_deposits_change_nothing() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
-        g.get("/api/admin/reconcile", Some("wrong-token"))
-            .await
-            .status(),
+        get_status(&g, "/api/admin/reconcile", Some("wrong-token")).await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(g.balance(&u).await.0, "1000000000.00");
@@ -333,15 +317,10 @@ async fn concurrent_identical_deposits_credit_once() {
 async fn operator_is_refused_when_no_token_is_configured() {
     let g = spawn_gateway_with(|c| c.operator_token = None).await;
     let u = g.user("a@example.com").await;
-    let r = g
-        .deposit_raw(
-            "x",
-            &json!({"user_id": u.id, "amount": "1", "kind": "stripe"}),
-        )
-        .await;
+    let r = stripe_deposit(&g, "x", &u, "1").await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
-        g.get("/api/admin/reconcile", Some("")).await.status(),
+        get_status(&g, "/api/admin/reconcile", Some("")).await,
         StatusCode::UNAUTHORIZED
     );
 }
@@ -363,12 +342,7 @@ async fn personal_keys_are_shown_once_and_stored_as_hashes() {
     assert_eq!(v["scope"], "personal");
     assert_eq!(v["status"], "active");
     assert!(key.starts_with(v["prefix"].as_str().unwrap()));
-    let list: Value = g
-        .get("/api/keys", Some(&u.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list = get_json(&g, "/api/keys", &u.token).await;
     let text = list.to_string();
     assert!(!text.contains(key), "listings never show the key");
     assert_eq!(list[0]["name"], "laptop");
@@ -389,25 +363,19 @@ async fn personal_keys_are_shown_once_and_stored_as_hashes() {
     let other = g.user("b@example.com").await;
     let id = v["id"].as_str().unwrap();
     assert_eq!(
-        g.delete(&format!("/api/keys/{id}"), Some(&other.token))
-            .await
-            .status(),
+        delete_status(&g, &format!("/api/keys/{id}"), Some(&other.token)).await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        g.delete(&format!("/api/keys/{id}"), None).await.status(),
+        delete_status(&g, &format!("/api/keys/{id}"), None).await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        g.delete(&format!("/api/keys/{id}"), Some(&u.token))
-            .await
-            .status(),
+        delete_status(&g, &format!("/api/keys/{id}"), Some(&u.token)).await,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        g.delete(&format!("/api/keys/{id}"), Some(&u.token))
-            .await
-            .status(),
+        delete_status(&g, &format!("/api/keys/{id}"), Some(&u.token)).await,
         StatusCode::NOT_FOUND
     );
 }
@@ -448,8 +416,8 @@ async fn a_key_refused_as_unknown_works_once_it_exists() {
 #[tokio::test]
 async fn health_and_readiness() {
     let g = spawn_gateway().await;
-    assert_eq!(g.get("/healthz", None).await.status(), StatusCode::OK);
-    assert_eq!(g.get("/readyz", None).await.status(), StatusCode::OK);
+    assert_eq!(get_status(&g, "/healthz", None).await, StatusCode::OK);
+    assert_eq!(get_status(&g, "/readyz", None).await, StatusCode::OK);
 }
 
 #[tokio::test]

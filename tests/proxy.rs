@@ -8,11 +8,14 @@
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/calls.rs"]
+mod calls;
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use calls::*;
 use common::*;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
@@ -70,8 +73,7 @@ async fn threshold_is_inclusive_and_a_deposit_lifts_it_at_once() {
     let (u, key) = g.funded("t@example.com", "0.05").await;
     let r = g.chat(&key, &chat_body("gpt-4o-mini"), &[]).await;
     assert_eq!(r.status(), StatusCode::PAYMENT_REQUIRED);
-    let e: Value = r.json().await.unwrap();
-    assert_eq!(e["error"]["code"], "insufficient_balance");
+    assert_eq!(error_code(r).await, "insufficient_balance");
     assert_eq!(g.me(&u).await["suspended"], true);
     assert_eq!(g.mock.upstream.request_count(), 0);
 
@@ -147,33 +149,17 @@ async fn concurrent_requests_conserve_money_and_stop_near_the_threshold() {
 async fn a_deleted_key_is_refused_on_the_very_next_request() {
     let g = spawn_gateway().await;
     let (u, key) = g.funded("d@example.com", "1").await;
-    assert_eq!(
-        g.chat(&key, &chat_body("gpt-4o-mini"), &[]).await.status(),
-        StatusCode::OK
-    );
-    let keys: Value = g
-        .get("/api/keys", Some(&u.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(chat_status(&g, &key, &[]).await, StatusCode::OK);
+    let keys = get_json(&g, "/api/keys", &u.token).await;
     let id = keys[0]["id"].as_str().unwrap();
     assert_eq!(
-        g.delete(&format!("/api/keys/{id}"), Some(&u.token))
-            .await
-            .status(),
+        delete_status(&g, &format!("/api/keys/{id}"), Some(&u.token)).await,
         StatusCode::NO_CONTENT
     );
     let r = g.chat(&key, &chat_body("gpt-4o-mini"), &[]).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let e: Value = r.json().await.unwrap();
-    assert_eq!(e["error"]["code"], "invalid_api_key");
-    let keys: Value = g
-        .get("/api/keys", Some(&u.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(error_code(r).await, "invalid_api_key");
+    let keys = get_json(&g, "/api/keys", &u.token).await;
     assert_eq!(keys[0]["status"], "deleted");
 }
 
@@ -181,10 +167,7 @@ async fn a_deleted_key_is_refused_on_the_very_next_request() {
 async fn an_archived_key_gets_key_archived() {
     let g = spawn_gateway().await;
     let (u, key) = g.funded("ar@example.com", "1").await;
-    assert_eq!(
-        g.chat(&key, &chat_body("gpt-4o-mini"), &[]).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(chat_status(&g, &key, &[]).await, StatusCode::OK);
     // Archival arrives with teams; drive the store and the cache as it will.
     let rec = g.store.keys_of_user(&u.id).await.unwrap().remove(0);
     g.store
@@ -194,10 +177,7 @@ async fn an_archived_key_gets_key_archived() {
     g.running.app.keys.invalidate(&rec.hash);
     let r = g.chat(&key, &chat_body("gpt-4o-mini"), &[]).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["code"],
-        "key_archived"
-    );
+    assert_eq!(error_code(r).await, "key_archived");
 }
 
 #[tokio::test]
@@ -229,10 +209,7 @@ async fn upstream_500_is_502_unbilled_and_the_hold_released() {
         .chat(&key, &chat_body("gpt-4o-mini"), &[("x-mock-status", "500")])
         .await;
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["code"],
-        "upstream_error"
-    );
+    assert_eq!(error_code(r).await, "upstream_error");
     assert_eq!(g.balance(&u).await.0, "1.00");
     let rec = g.reconcile().await;
     assert_eq!(rec["holds_total"], "0.00");
@@ -267,10 +244,7 @@ async fn upstream_timeout_is_504_and_unreachable_is_502() {
         )
         .await;
     assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["code"],
-        "upstream_timeout"
-    );
+    assert_eq!(error_code(r).await, "upstream_timeout");
     assert_eq!(g.balance(&u).await.0, "1.00");
 
     // A port nobody listens on.
@@ -291,46 +265,29 @@ async fn bad_input_is_refused_before_anything_is_forwarded() {
     let big = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x".repeat(2000)}]});
     let r = g.chat(&key, &big, &[]).await;
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["code"],
-        "request_too_large"
-    );
+    assert_eq!(error_code(r).await, "request_too_large");
 
     // Chunked, without a Content-Length: the limit holds while reading.
     let chunks = futures_util::stream::iter(
         (0..8).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 512]))),
     );
-    let r = g
-        .http
-        .post(format!("{}/v1/chat/completions", g.url))
-        .bearer_auth(&key)
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        send(post_as(&g, "/v1/chat/completions", &key).body(reqwest::Body::wrap_stream(chunks)))
+            .await;
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
-    let r = g
-        .http
-        .post(format!("{}/v1/chat/completions", g.url))
-        .bearer_auth(&key)
-        .header("content-type", "application/json")
-        .body("{\"model\": \"gpt-4o-mini\", ")
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        post_as(&g, "/v1/chat/completions", &key)
+            .header("content-type", "application/json")
+            .body("{\"model\": \"gpt-4o-mini\", "),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["code"],
-        "invalid_request"
-    );
+    assert_eq!(error_code(r).await, "invalid_request");
 
     let r = g.chat(&key, &chat_body("no-such-model"), &[]).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["code"],
-        "model_not_found"
-    );
+    assert_eq!(error_code(r).await, "model_not_found");
 
     let r = g.chat(&key, &json!({"messages": []}), &[]).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
@@ -344,17 +301,14 @@ async fn bad_input_is_refused_before_anything_is_forwarded() {
 async fn the_upstream_never_sees_the_client_key() {
     let g = spawn_gateway().await;
     let (_u, key) = g.funded("k@example.com", "1").await;
-    let r = g
-        .http
-        .post(format!("{}/v1/chat/completions", g.url))
-        .bearer_auth(&key)
-        .header("connection", "keep-alive, x-private")
-        .header("x-private", "hop")
-        .header("x-custom", "end-to-end")
-        .json(&chat_body("gpt-4o-mini"))
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        post_as(&g, "/v1/chat/completions", &key)
+            .header("connection", "keep-alive, x-private")
+            .header("x-private", "hop")
+            .header("x-custom", "end-to-end")
+            .json(&chat_body("gpt-4o-mini")),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     let seen = g.mock.upstream.requests().pop().unwrap();
     let header = |n: &str| {
@@ -381,10 +335,7 @@ async fn streams_pass_through_and_are_billed_from_the_usage_chunk() {
     let t = tokens(19, 0, 7);
     let r = g.chat(&key, &fixture, &knobs(&t)).await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
+    assert!(content_type(&r).starts_with("text/event-stream"));
     let text = r.text().await.unwrap();
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
     assert_eq!(*events.last().unwrap(), "data: [DONE]");
@@ -447,10 +398,7 @@ async fn a_stream_dropped_half_way_is_billed_for_what_was_produced() {
         g.mock.upstream.open_streams() == 0
     })
     .await;
-    wait_until("hold settled", || async {
-        g.reconcile().await["holds_total"] == "0.00"
-    })
-    .await;
+    holds_released(&g, "hold settled").await;
     let spent = 1_000_000_000 - nanos(&g.balance(&u).await.0);
     // Input: 8 bytes of prompt = 2 tokens; output: 4 bytes a token, at least
     // the 5 the client saw, far fewer than the 200 asked for.
@@ -482,10 +430,7 @@ async fn an_upstream_cut_mid_stream_is_not_billed() {
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.bytes().await.is_err(), "the client must see a cut stream");
-    wait_until("hold released", || async {
-        g.reconcile().await["holds_total"] == "0.00"
-    })
-    .await;
+    holds_released(&g, "hold released").await;
     assert_eq!(g.balance(&u).await.0, "1.00");
 }
 
@@ -493,31 +438,27 @@ async fn an_upstream_cut_mid_stream_is_not_billed() {
 async fn completions_and_embeddings_are_billed() {
     let g = spawn_gateway().await;
     let (u, key) = g.funded("e@example.com", "1").await;
-    let r = g
-        .http
-        .post(format!("{}/v1/embeddings", g.url))
-        .bearer_auth(&key)
-        .header("x-mock-prompt-tokens", "1000")
-        .json(&json!({"model": "text-embedding-3-small", "input": "hello"}))
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        post_as(&g, "/v1/embeddings", &key)
+            .header("x-mock-prompt-tokens", "1000")
+            .json(&json!({"model": "text-embedding-3-small", "input": "hello"})),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["object"], "list");
     // 1000 x 0.02/M = 0.00002
     assert_eq!(g.balance(&u).await.0, usd(1_000_000_000 - 20_000));
 
-    let r = g
-        .http
-        .post(format!("{}/v1/completions", g.url))
-        .bearer_auth(&key)
-        .header("x-mock-prompt-tokens", "100")
-        .header("x-mock-completion-tokens", "10")
-        .json(&json!({"model": "gpt-3.5-turbo-instruct", "prompt": "Say this", "max_tokens": 10}))
-        .send()
-        .await
-        .unwrap();
+    let r = send(
+        post_as(&g, "/v1/completions", &key)
+            .header("x-mock-prompt-tokens", "100")
+            .header("x-mock-completion-tokens", "10")
+            .json(
+                &json!({"model": "gpt-3.5-turbo-instruct", "prompt": "Say this", "max_tokens": 10}),
+            ),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
         r.json::<Value>().await.unwrap()["object"],
@@ -532,7 +473,7 @@ async fn models_lists_the_priced_models_for_a_key() {
     let g = spawn_gateway().await;
     let (_u, key) = g.funded("m@example.com", "1").await;
     assert_eq!(
-        g.get("/v1/models", None).await.status(),
+        get_status(&g, "/v1/models", None).await,
         StatusCode::UNAUTHORIZED
     );
     let r = g.get("/v1/models", Some(&key)).await;
@@ -552,16 +493,8 @@ async fn models_lists_the_priced_models_for_a_key() {
 async fn metrics_count_requests_without_key_labels() {
     let g = spawn_gateway().await;
     let (_u, key) = g.funded("mt@example.com", "1").await;
-    assert_eq!(
-        g.chat(&key, &chat_body("gpt-4o-mini"), &[]).await.status(),
-        StatusCode::OK
-    );
-    let text = reqwest::get(format!("http://{}/metrics", g.running.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(chat_status(&g, &key, &[]).await, StatusCode::OK);
+    let text = metrics(&g).await;
     assert!(
         text.contains("tollgate_proxy_requests_total{route=\"chat\",status=\"200\"}"),
         "{text}"
@@ -596,14 +529,8 @@ async fn only_the_billed_posts_bypass_the_router() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
     }
-    let with_query = g
-        .http
-        .post(format!("{}/v1/chat/completions?x=1", g.url))
-        .bearer_auth(&key)
-        .json(&chat_body("gpt-4o-mini"))
-        .send()
-        .await
-        .unwrap();
+    let with_query =
+        send(post_as(&g, "/v1/chat/completions?x=1", &key).json(&chat_body("gpt-4o-mini"))).await;
     assert_eq!(with_query.status(), StatusCode::OK);
     assert!(with_query.headers().contains_key("x-request-id"));
 }

@@ -11,13 +11,15 @@
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/calls.rs"]
+mod calls;
 mod common;
 
 use std::sync::Arc;
 
+use calls::*;
 use chrono::Utc;
 use common::*;
-use serde_json::Value;
 use tollgate::money::Nanos;
 use tollgate::pricing::Pricing;
 use tollgate::store::memory::MemoryStore;
@@ -116,19 +118,9 @@ async fn create_team_interrupted(died: DiedAfter) {
         "10.00",
         "{died:?}: moved once"
     );
-    let keys: Value = api
-        .get("/api/keys", Some(&a.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let keys = get_json(&api, "/api/keys", &a.token).await;
     assert_eq!(keys[0]["status"], "archived", "{died:?}");
-    assert_eq!(
-        api.chat(&key, &chat_body("gpt-4o-mini"), &[])
-            .await
-            .status(),
-        401
-    );
+    assert_eq!(chat_status(&api, &key, &[]).await, 401);
     let rec = api.reconcile().await;
     assert_eq!(rec["ok"], true, "{died:?}");
     assert_eq!(rec["balances_total"], "10.00");
@@ -198,9 +190,7 @@ async fn a_deletion_interrupted_between_the_halves_pays_out_once() {
     let api = Api::new(&second.url());
     assert_eq!(api.balance(&a).await.0, "7.00");
     assert_eq!(
-        api.get(&format!("/api/teams/{team}"), Some(&a.token))
-            .await
-            .status(),
+        get_status(&api, &format!("/api/teams/{team}"), Some(&a.token)).await,
         404
     );
     assert!(api.me(&b).await["teams"].as_array().unwrap().is_empty());

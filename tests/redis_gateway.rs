@@ -10,6 +10,8 @@
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/calls.rs"]
+mod calls;
 mod common;
 #[path = "common/redis.rs"]
 mod redis_harness;
@@ -19,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use calls::*;
 use common::*;
 use redis_harness::RedisServer;
 use reqwest::StatusCode;
@@ -133,25 +136,36 @@ impl std::ops::Deref for Gw {
     }
 }
 
+/// A private redis-server for the test `name` and `N` gateways on it, in
+/// front of one mock upstream; `None` (said loudly by the harness) where no
+/// redis-server exists.
+async fn gateways<const N: usize>(name: &str) -> Option<(RedisServer, [Gw; N])> {
+    let redis = RedisServer::start(name)?;
+    let mock = spawn_mock().await;
+    let mut started = Vec::with_capacity(N);
+    for _ in 0..N {
+        started.push(Gw::start(&redis, &mock.url).await);
+    }
+    match started.try_into() {
+        Ok(gws) => Some((redis, gws)),
+        Err(_) => unreachable!("{N} gateways were started"),
+    }
+}
+
 /// Everything a user can read back, for before/after comparisons.
 async fn snapshot(api: &Api, users: &[&User], team: &str, owner: &User) -> Value {
     let mut out = json!({});
     for u in users {
         out[&u.email] = json!({
             "me": api.me(u).await,
-            "keys": api.get("/api/keys", Some(&u.token)).await.json::<Value>().await.unwrap(),
-            "usage": api.get("/api/me/usage", Some(&u.token)).await.json::<Value>().await.unwrap(),
+            "keys": get_json(api, "/api/keys", &u.token).await,
+            "usage": get_json(api, "/api/me/usage", &u.token).await,
         });
     }
     for path in [
         "", "/members", "/keys", "/ledger", "/usage", "/events", "/invites",
     ] {
-        let v: Value = api
-            .get(&format!("/api/teams/{team}{path}"), Some(&owner.token))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(api, &format!("/api/teams/{team}{path}"), &owner.token).await;
         out[format!("team{path}")] = v;
     }
     out["reconcile"] = api.reconcile().await;
@@ -160,11 +174,10 @@ async fn snapshot(api: &Api, users: &[&User], team: &str, owner: &User) -> Value
 
 #[tokio::test]
 async fn sigterm_and_restart_keep_everything_exactly() {
-    let Some(redis) = RedisServer::start("sigterm_and_restart_keep_everything_exactly") else {
+    let Some((_redis, [mut gw])) = gateways("sigterm_and_restart_keep_everything_exactly").await
+    else {
         return;
     };
-    let mock = spawn_mock().await;
-    let mut gw = Gw::start(&redis, &mock.url).await;
     let (a, a_key) = gw.funded("a@example.com", "10").await;
     gw.deposit(&a, "1", "promo").await;
     let team = gw.team(&a, "T").await;
@@ -178,10 +191,7 @@ async fn sigterm_and_restart_keep_everything_exactly() {
         ("x-mock-completion-tokens", "45"),
     ];
     for _ in 0..5 {
-        assert_eq!(
-            gw.chat(&tk, &chat_body("gpt-4o-mini"), &t).await.status(),
-            StatusCode::OK
-        );
+        assert_eq!(chat_status(&gw, &tk, &t).await, StatusCode::OK);
     }
     let before = snapshot(&gw, &[&a, &b, &c], &team, &a).await;
     assert_eq!(before["reconcile"]["ok"], true);
@@ -192,21 +202,56 @@ async fn sigterm_and_restart_keep_everything_exactly() {
     assert_eq!(before, after);
     // Keys behave as before: archived personal keys, a working team key.
     assert_eq!(
-        gw.chat(&a_key, &chat_body("gpt-4o-mini"), &[])
-            .await
-            .status(),
+        chat_status(&gw, &a_key, &[]).await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        gw.chat(&b_key, &chat_body("gpt-4o-mini"), &[])
-            .await
-            .status(),
+        chat_status(&gw, &b_key, &[]).await,
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(
-        gw.chat(&tk, &chat_body("gpt-4o-mini"), &t).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(chat_status(&gw, &tk, &t).await, StatusCode::OK);
+}
+
+/// `tasks` concurrent request loops against one gateway, counting its 200s,
+/// until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: &str, key: &str, tasks: usize) -> Load {
+        let (stop, served) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let api = Arc::new(Api::new(url));
+        let handles = load(api, key.to_string(), tasks, stop.clone(), served.clone());
+        Load {
+            stop,
+            served,
+            handles,
+        }
+    }
+
+    fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` requests were served since the start.
+    async fn until_served(&self, what: &str, n: u64) {
+        wait_until(what, || async { self.served() >= n }).await;
+    }
+
+    /// Stops the loops, waits for them, and returns how many were served.
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles {
+            h.await.unwrap();
+        }
+        self.served.load(Ordering::Relaxed)
+    }
 }
 
 /// Drive `tasks` concurrent request loops until `stop`; count 200s.
@@ -254,40 +299,22 @@ fn load(
 
 #[tokio::test]
 async fn kill_9_under_load_loses_at_most_a_flush_window() {
-    let Some(redis) = RedisServer::start("kill_9_under_load_loses_at_most_a_flush_window") else {
+    let Some((_redis, [mut gw])) = gateways("kill_9_under_load_loses_at_most_a_flush_window").await
+    else {
         return;
     };
-    let mock = spawn_mock().await;
-    let mut gw = Gw::start(&redis, &mock.url).await;
     let (u, key) = gw.funded("a@example.com", "1000").await;
-    let api = Arc::new(Api::new(&gw.url));
-    let (stop, served) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
     let tasks = 16;
     let started = Instant::now();
-    let handles = load(api, key, tasks, stop.clone(), served.clone());
-    wait_until("load running", || async {
-        served.load(Ordering::Relaxed) >= 300
-    })
-    .await;
+    let load = Load::start(&gw.url, &key, tasks);
+    load.until_served("load running", 300).await;
     gw.kill9();
     let elapsed = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.await.unwrap();
-    }
-    let served = served.load(Ordering::Relaxed);
+    let served = load.stop().await;
     gw.spawn().await;
     let rec = gw.reconcile().await;
     assert_eq!(rec["ok"], true, "conservation after kill -9: {rec}");
-    let usage: Value = gw
-        .get("/api/me/usage", Some(&u.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let usage = get_json(&gw, "/api/me/usage", &u.token).await;
     let billed = usage["calls"].as_u64().unwrap();
     assert!(billed <= served, "billed {billed} > served {served}");
     let unbilled = served - billed;
@@ -306,117 +333,59 @@ async fn kill_9_under_load_loses_at_most_a_flush_window() {
 
 #[tokio::test]
 async fn redis_restarted_under_load_the_gateway_recovers_by_itself() {
-    let Some(mut redis) =
-        RedisServer::start("redis_restarted_under_load_the_gateway_recovers_by_itself")
+    let Some((mut redis, [gw])) =
+        gateways("redis_restarted_under_load_the_gateway_recovers_by_itself").await
     else {
         return;
     };
-    let mock = spawn_mock().await;
-    let gw = Gw::start(&redis, &mock.url).await;
     let (u, key) = gw.funded("a@example.com", "1000").await;
-    let api = Arc::new(Api::new(&gw.url));
-    let (stop, served) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let handles = load(api, key.clone(), 8, stop.clone(), served.clone());
-    wait_until("load running", || async {
-        served.load(Ordering::Relaxed) >= 100
-    })
-    .await;
+    let load = Load::start(&gw.url, &key, 8);
+    load.until_served("load running", 100).await;
     redis.kill();
     // Management calls that need the store fail cleanly while it is down.
-    let r = gw
-        .deposit_raw(
-            "during-outage",
-            &json!({"user_id": u.id, "amount": "1", "kind": "stripe"}),
-        )
-        .await;
+    let r = stripe_deposit(&gw, "during-outage", &u, "1").await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
-        gw.get("/readyz", None).await.status(),
+        get_status(&gw, "/readyz", None).await,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    let during = served.load(Ordering::Relaxed);
+    let during = load.served();
     redis.restart();
     wait_until("gateway ready again", || async {
-        gw.get("/readyz", None).await.status() == StatusCode::OK
+        get_status(&gw, "/readyz", None).await == StatusCode::OK
     })
     .await;
-    wait_until("serving again", || async {
-        served.load(Ordering::Relaxed) >= during + 100
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.await.unwrap();
-    }
-    let r = gw
-        .deposit_raw(
-            "after-outage",
-            &json!({"user_id": u.id, "amount": "1", "kind": "stripe"}),
-        )
-        .await;
+    load.until_served("serving again", during + 100).await;
+    let served = load.stop().await;
+    let r = stripe_deposit(&gw, "after-outage", &u, "1").await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let rec = gw.reconcile().await;
     assert_eq!(rec["ok"], true, "{rec}");
     assert_eq!(rec["holds_total"], "0.00");
     // Every request served was billed once: none lost, none doubled.
-    let usage: Value = gw
-        .get("/api/me/usage", Some(&u.token))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        usage["calls"].as_u64().unwrap(),
-        served.load(Ordering::Relaxed)
-    );
+    let usage = get_json(&gw, "/api/me/usage", &u.token).await;
+    assert_eq!(usage["calls"].as_u64().unwrap(), served);
     assert_eq!(rec["deposits_total"], "1001.00");
 }
 
 #[tokio::test]
 async fn two_instances_share_a_team_and_deletions_reach_both() {
-    let Some(redis) = RedisServer::start("two_instances_share_a_team_and_deletions_reach_both")
+    let Some((_redis, [one, two])) =
+        gateways("two_instances_share_a_team_and_deletions_reach_both").await
     else {
         return;
     };
-    let mock = spawn_mock().await;
-    let one = Gw::start(&redis, &mock.url).await;
-    let two = Gw::start(&redis, &mock.url).await;
     let (a, _) = one.funded("a@example.com", "100").await;
     let team = one.team(&a, "T").await;
     let (_, k1) = one.team_key(&team, &a, None).await;
     let (_, k2) = one.team_key(&team, &a, None).await;
     // Both instances serve the team at once.
-    let (stop, s1, s2) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let mut handles = load(
-        Arc::new(Api::new(&one.url)),
-        k1.clone(),
-        4,
-        stop.clone(),
-        s1.clone(),
-    );
-    handles.extend(load(
-        Arc::new(Api::new(&two.url)),
-        k2.clone(),
-        4,
-        stop.clone(),
-        s2.clone(),
-    ));
+    let (l1, l2) = (Load::start(&one.url, &k1, 4), Load::start(&two.url, &k2, 4));
     wait_until("both serving", || async {
-        s1.load(Ordering::Relaxed) >= 100 && s2.load(Ordering::Relaxed) >= 100
+        l1.served() >= 100 && l2.served() >= 100
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.await.unwrap();
-    }
-    let served = s1.load(Ordering::Relaxed) + s2.load(Ordering::Relaxed);
+    let served = l1.stop().await + l2.stop().await;
     two.reconcile().await; // flushes instance two's wallets
     let rec = one.reconcile().await;
     assert_eq!(rec["ok"], true, "{rec}");
@@ -434,22 +403,14 @@ async fn two_instances_share_a_team_and_deletions_reach_both() {
     let mut lags = Vec::new();
     for _ in 0..5 {
         let (id, secret) = one.team_key(&team, &a, None).await;
-        assert_eq!(
-            two.chat(&secret, &chat_body("gpt-4o-mini"), &[])
-                .await
-                .status(),
-            StatusCode::OK
-        );
+        assert_eq!(chat_status(&two, &secret, &[]).await, StatusCode::OK);
         let r = one
             .delete(&format!("/api/teams/{team}/keys/{id}"), Some(&a.token))
             .await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
         let deleted = Instant::now();
         wait_until("deletion reaches the other instance", || async {
-            two.chat(&secret, &chat_body("gpt-4o-mini"), &[])
-                .await
-                .status()
-                == StatusCode::UNAUTHORIZED
+            chat_status(&two, &secret, &[]).await == StatusCode::UNAUTHORIZED
         })
         .await;
         lags.push(deleted.elapsed());
@@ -469,12 +430,11 @@ async fn two_instances_share_a_team_and_deletions_reach_both() {
 /// overspend a little past the threshold; measure by how much.
 #[tokio::test]
 async fn two_instances_overspend_is_bounded_and_measured() {
-    let Some(redis) = RedisServer::start("two_instances_overspend_is_bounded_and_measured") else {
+    let Some((_redis, [one, two])) =
+        gateways("two_instances_overspend_is_bounded_and_measured").await
+    else {
         return;
     };
-    let mock = spawn_mock().await;
-    let one = Gw::start(&redis, &mock.url).await;
-    let two = Gw::start(&redis, &mock.url).await;
     let (u, key) = one.funded("a@example.com", "1.00").await;
     // gpt-4o, 3000 output tokens: $0.03 a call.
     let per_call = 30_000_000i64;

@@ -9,8 +9,11 @@
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/calls.rs"]
+mod calls;
 mod common;
 
+use calls::*;
 use common::*;
 use proptest::prelude::*;
 use reqwest::StatusCode;
@@ -22,6 +25,12 @@ async fn usage(g: &Gateway, path: &str, token: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// The row of the array `rows` whose `field` is `id`.
+fn row(rows: &Value, field: &str, id: &str) -> Value {
+    let found = rows.as_array().unwrap().iter().find(|r| r[field] == id);
+    found.cloned().unwrap()
+}
+
 #[tokio::test]
 async fn stats_equal_the_requests_made_json_and_streamed() {
     let g = spawn_gateway().await;
@@ -31,10 +40,7 @@ async fn stats_equal_the_requests_made_json_and_streamed() {
         ("x-mock-cached-tokens", "40"),
         ("x-mock-completion-tokens", "7"),
     ];
-    assert_eq!(
-        g.chat(&key, &chat_body("gpt-4o-mini"), &t).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(chat_status(&g, &key, &t).await, StatusCode::OK);
     let stream = json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     let t2 = [
         ("x-mock-prompt-tokens", "20"),
@@ -44,21 +50,11 @@ async fn stats_equal_the_requests_made_json_and_streamed() {
     assert!(text.ends_with("[DONE]\n\n"));
     // A failed upstream call is not counted.
     assert_eq!(
-        g.chat(&key, &chat_body("gpt-4o-mini"), &[("x-mock-status", "503")])
-            .await
-            .status(),
+        chat_status(&g, &key, &[("x-mock-status", "503")]).await,
         StatusCode::BAD_GATEWAY
     );
 
-    let keys = || async {
-        let v: Value = g
-            .get("/api/keys", Some(&u.token))
-            .await
-            .json()
-            .await
-            .unwrap();
-        v
-    };
+    let keys = || get_json(&g, "/api/keys", &u.token);
     // `last_used_at` is written with the settlement, at the wallet's next
     // flush (every 2 ms here).
     wait_until("last_used_at after a flush", || async {
@@ -96,9 +92,7 @@ async fn days_and_format_are_checked_and_csv_is_served() {
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "days={bad}");
     }
     assert_eq!(
-        g.get("/api/me/usage?format=xml", Some(&u.token))
-            .await
-            .status(),
+        get_status(&g, "/api/me/usage?format=xml", Some(&u.token)).await,
         StatusCode::UNPROCESSABLE_ENTITY
     );
     let s = usage(&g, "/api/me/usage?days=90", &u.token).await;
@@ -107,10 +101,7 @@ async fn days_and_format_are_checked_and_csv_is_served() {
         .get("/api/me/usage?format=csv&days=1", Some(&u.token))
         .await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/csv"));
+    assert!(content_type(&r).starts_with("text/csv"));
     let text = r.text().await.unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2);
@@ -177,37 +168,16 @@ async fn team_usage_by_member_and_key_keeps_leavers_and_deleted_keys() {
     let t = usage(&g, &format!("/api/teams/{team}/usage"), &a.token).await;
     assert_eq!(t["total"]["calls"], 3);
     assert_eq!(t["total"]["spend"], usd(3 * per));
-    let member = |id: &str| {
-        t["by_member"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["user_id"] == id)
-            .cloned()
-            .unwrap()
-    };
+    let member = |id: &str| row(&t["by_member"], "user_id", id);
     assert_eq!(member(&b.id)["calls"], 2);
     assert_eq!(member(&b.id)["left"], true);
     assert_eq!(member(&a.id)["left"], false);
-    let key = |id: &str| {
-        t["by_key"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|k| k["key_id"] == id)
-            .cloned()
-            .unwrap()
-    };
+    let key = |id: &str| row(&t["by_key"], "key_id", id);
     assert_eq!(key(&kb_id)["status"], "deleted");
     assert_eq!(key(&kb_id)["spend"], usd(2 * per));
     assert_eq!(key(&ka_id)["calls"], 1);
     // Team usage spend = the team ledger's settlements.
-    let ledger: Value = g
-        .get(&format!("/api/teams/{team}/ledger"), Some(&a.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let ledger = get_json(&g, &format!("/api/teams/{team}/ledger"), &a.token).await;
     let settled: i64 = ledger
         .as_array()
         .unwrap()
@@ -277,7 +247,7 @@ async fn usage_visibility_follows_the_role_table() {
             assert_eq!(r.status().as_u16(), want[i], "{path} as {}", u.email);
         }
         assert_eq!(
-            g.get(&path, None).await.status().as_u16(),
+            get_status(&g, &path, None).await.as_u16(),
             want[4],
             "{path} anonymous"
         );
@@ -336,7 +306,7 @@ proptest! {
                     Call::Json { prompt, cached, output } => {
                         let (p, cc, o) = (prompt.to_string(), cached.to_string(), output.to_string());
                         let t = [("x-mock-prompt-tokens", p.as_str()), ("x-mock-cached-tokens", cc.as_str()), ("x-mock-completion-tokens", o.as_str())];
-                        assert_eq!(g.chat(key, &chat_body("gpt-4o-mini"), &t).await.status(), StatusCode::OK);
+                        assert_eq!(chat_status(&g, key, &t).await, StatusCode::OK);
                         expected += mini_cost(*prompt as i64, *cached as i64, *output as i64);
                     }
                     Call::Stream { prompt, output } => {
@@ -347,13 +317,13 @@ proptest! {
                         expected += mini_cost(*prompt as i64, 0, *output as i64);
                     }
                     Call::Fail => {
-                        assert_eq!(g.chat(key, &chat_body("gpt-4o-mini"), &[("x-mock-status", "500")]).await.status(), StatusCode::BAD_GATEWAY);
+                        assert_eq!(chat_status(&g, key, &[("x-mock-status", "500")]).await, StatusCode::BAD_GATEWAY);
                     }
                 }
             }
             let t = usage(&g, &format!("/api/teams/{team}/usage"), &a.token).await;
             let by_key: i64 = t["by_key"].as_array().unwrap().iter().map(|k| nanos(k["spend"].as_str().unwrap())).sum();
-            let ledger: Value = g.get(&format!("/api/teams/{team}/ledger"), Some(&a.token)).await.json().await.unwrap();
+            let ledger = get_json(&g, &format!("/api/teams/{team}/ledger"), &a.token).await;
             let settled: i64 = ledger.as_array().unwrap().iter().filter(|e| e["kind"] == "settlement")
                 .map(|e| -nanos(e["amount"].as_str().unwrap())).sum();
             assert_eq!(by_key, settled);

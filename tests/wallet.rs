@@ -8,30 +8,23 @@
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/calls.rs"]
+mod calls;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use calls::{funded_wallet, wallets};
 use futures_util::FutureExt;
-use tollgate::billing::{deposit, DepositKind};
-use tollgate::clock::SystemClock;
 use tollgate::money::Nanos;
 use tollgate::store::memory::MemoryStore;
-use tollgate::wallet::WalletRegistry;
 
 #[tokio::test]
 async fn a_hold_abandoned_while_waiting_for_the_actor_is_released() {
-    let registry = WalletRegistry::new(
-        Arc::new(MemoryStore::new()),
-        Nanos(50_000_000),
-        Duration::from_millis(5),
-        Duration::from_secs(5),
-        1,
-        Arc::new(SystemClock),
-    );
-    let w = registry.get("user:u").await.unwrap();
-    deposit(&w, Nanos(10_000_000_000), DepositKind::Stripe, "r", "d1")
-        .await
-        .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let registry = wallets(store, Nanos(50_000_000), Duration::from_millis(5), 1);
+    let w = funded_wallet(&registry, "user:u", Nanos(10_000_000_000)).await;
     for i in 0..100 {
         // Polled once: the Hold message is sent, then the caller vanishes
         // (a client that disconnected) before the answer.

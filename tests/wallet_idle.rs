@@ -4,16 +4,21 @@
     clippy::too_many_lines,
     reason = "test code: one case reads best as one story"
 )]
+// Tests may panic on unexpected errors: that is how they fail.
+#![allow(clippy::unwrap_used)]
+
+#[path = "common/calls.rs"]
+mod calls;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate::billing::{deposit, DepositKind};
-use tollgate::clock::SystemClock;
+use calls::{funded_wallet, wallets};
 use tollgate::money::Nanos;
 use tollgate::pricing::Usage;
 use tollgate::store::memory::MemoryStore;
 use tollgate::store::{Store, UsageFacts};
-use tollgate::wallet::WalletRegistry;
 
 fn facts() -> UsageFacts {
     UsageFacts {
@@ -29,18 +34,8 @@ fn facts() -> UsageFacts {
 #[tokio::test]
 async fn idle_actors_stop_and_restart_with_nothing_lost() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let reg = WalletRegistry::new(
-        store.clone(),
-        Nanos(0),
-        Duration::from_millis(2),
-        Duration::from_secs(5),
-        7,
-        Arc::new(SystemClock),
-    );
-    let w = reg.get("user:a").await.unwrap();
-    deposit(&w, Nanos(10_000), DepositKind::Stripe, "r", "d1")
-        .await
-        .unwrap();
+    let reg = wallets(store.clone(), Nanos(0), Duration::from_millis(2), 7);
+    let w = funded_wallet(&reg, "user:a", Nanos(10_000)).await;
     let hold = w.hold(1, Nanos(500)).await.unwrap();
     // Not idle: a hold is outstanding (and it was just used).
     assert_eq!(reg.stop_idle(Duration::ZERO).await, 0);
@@ -69,18 +64,13 @@ async fn idle_actors_stop_and_restart_with_nothing_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_racing_the_idle_sweep_all_succeed() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let reg = Arc::new(WalletRegistry::new(
+    let reg = Arc::new(wallets(
         store.clone(),
         Nanos(0),
         Duration::from_millis(1),
-        Duration::from_secs(5),
         7,
-        Arc::new(SystemClock),
     ));
-    let w = reg.get("user:b").await.unwrap();
-    deposit(&w, Nanos(1_000_000_000), DepositKind::Stripe, "r", "d1")
-        .await
-        .unwrap();
+    let w = funded_wallet(&reg, "user:b", Nanos(1_000_000_000)).await;
     let sweeper = {
         let reg = reg.clone();
         tokio::spawn(async move {

@@ -9,9 +9,9 @@ use tollgate::auth::NewKey;
 use tollgate::billing::{deposit, DepositKind};
 use tollgate::config::Config;
 use tollgate::money::Nanos;
-use tollgate::pricing::Pricing;
+use tollgate::pricing::{Pricing, Usage};
 use tollgate::store::memory::MemoryStore;
-use tollgate::store::{KeyRecord, KeyScope, KeyStatus, Store};
+use tollgate::store::{KeyRecord, KeyScope, KeyStatus, Store, UsageFacts};
 use tollgate::wallet::WalletHandle;
 use tollgate::App;
 
@@ -20,8 +20,41 @@ pub const CHAT_JSON: &[u8] = include_bytes!("../../tests/fixtures/openai/chat_co
 pub const CHAT_SSE: &[u8] =
     include_bytes!("../../tests/fixtures/openai/chat_completion_stream_with_usage.sse");
 
+/// `CHAT_SSE` as the upstream sends it: one event (its line and the blank
+/// line after it) per chunk.
+pub fn chat_sse_events() -> Vec<bytes::Bytes> {
+    CHAT_SSE
+        .split_inclusive(|&b| b == b'\n')
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(|c| bytes::Bytes::from(c.concat()))
+        .collect()
+}
+
 pub fn pricing() -> Pricing {
     Pricing::parse(PRICING, "config/pricing.toml").expect("config/pricing.toml parses")
+}
+
+/// The usage the pricing benches price: a chat whose 1219 prompt tokens
+/// are 1024 cached, with 10 out.
+pub fn cached_chat_usage() -> Usage {
+    Usage {
+        input_tokens: 1219,
+        cached_tokens: 1024,
+        output_tokens: 10,
+    }
+}
+
+/// What a settlement records for the bench key and member.
+pub fn facts(usage: Usage) -> UsageFacts {
+    UsageFacts {
+        key_id: "key_bench00000000".into(),
+        member_id: "usr_bench".into(),
+        team_id: None,
+        model: "gpt-4o-mini".into(),
+        status: Default::default(),
+        usage,
+    }
 }
 
 /// A runtime shaped like the server's on this machine: the multi-thread

@@ -7,7 +7,6 @@ use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
@@ -23,6 +22,7 @@ use crate::knobs::{knobs_before_reply, Knobs};
 use crate::response::{error_response, json_response, unix_now};
 use crate::routes::{
     chat_completions, completions, embeddings, models, recorded_requests, unrouted, wrong_method,
+    Incoming,
 };
 use crate::stream::{sse_response, Frames, OpenStream, SseEvents};
 
@@ -155,14 +155,13 @@ impl MockUpstream {
     }
 
     /// The billed routes: record, apply the knobs, then answer.
-    pub(crate) async fn billed(
-        &self,
-        endpoint: Endpoint,
-        method: Method,
-        uri: Uri,
-        headers: HeaderMap,
-        body: Bytes,
-    ) -> Response {
+    pub(crate) async fn billed(&self, endpoint: Endpoint, incoming: Incoming) -> Response {
+        let Incoming {
+            method,
+            uri,
+            headers,
+            body,
+        } = incoming;
         let knobs = Knobs::parse(&headers);
         let parsed = serde_json::from_slice::<Value>(&body);
         // Read before recording so the body moves into the record uncloned.

@@ -2,7 +2,8 @@
 //! models, the control route and the fallbacks answer here.
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 
@@ -21,48 +22,62 @@ const MODELS_BODY: &str = concat!(
     r#"]}"#
 );
 
+/// What the handlers read of a request: its method, path, headers and raw
+/// body (the body under the router's `DefaultBodyLimit`, as `Bytes` reads it).
+pub(crate) struct Incoming {
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl<S: Send + Sync> FromRequest<S> for Incoming {
+    type Rejection = BytesRejection;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let headers = request.headers().clone();
+        let body = Bytes::from_request(request, state).await?;
+        Ok(Self {
+            method,
+            uri,
+            headers,
+            body,
+        })
+    }
+}
+
+impl Incoming {
+    /// Records the request as it came, its body parsed when it is JSON.
+    fn record_in(&self, mock: &MockUpstream) {
+        mock.record(
+            &self.method,
+            &self.uri,
+            &self.headers,
+            json_or_null(&self.body),
+        );
+    }
+}
+
 pub(crate) async fn chat_completions(
     State(mock): State<MockUpstream>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    incoming: Incoming,
 ) -> Response {
-    mock.billed(Endpoint::Chat, method, uri, headers, body)
-        .await
+    mock.billed(Endpoint::Chat, incoming).await
 }
 
-pub(crate) async fn completions(
-    State(mock): State<MockUpstream>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    mock.billed(Endpoint::Completions, method, uri, headers, body)
-        .await
+pub(crate) async fn completions(State(mock): State<MockUpstream>, incoming: Incoming) -> Response {
+    mock.billed(Endpoint::Completions, incoming).await
 }
 
-pub(crate) async fn embeddings(
-    State(mock): State<MockUpstream>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    mock.billed(Endpoint::Embeddings, method, uri, headers, body)
-        .await
+pub(crate) async fn embeddings(State(mock): State<MockUpstream>, incoming: Incoming) -> Response {
+    mock.billed(Endpoint::Embeddings, incoming).await
 }
 
-pub(crate) async fn models(
-    State(mock): State<MockUpstream>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let knobs = Knobs::parse(&headers);
-    mock.record(&method, &uri, &headers, json_or_null(&body));
+pub(crate) async fn models(State(mock): State<MockUpstream>, incoming: Incoming) -> Response {
+    let knobs = Knobs::parse(&incoming.headers);
+    incoming.record_in(&mock);
     if let Some(early) = knobs_before_reply(&knobs).await {
         return early;
     }
@@ -81,27 +96,17 @@ pub(crate) async fn recorded_requests(State(mock): State<MockUpstream>) -> Respo
     }
 }
 
-pub(crate) async fn unrouted(
-    State(mock): State<MockUpstream>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let message = format!("mock upstream has no route {method} {}", uri.path());
-    mock.record(&method, &uri, &headers, json_or_null(&body));
+pub(crate) async fn unrouted(State(mock): State<MockUpstream>, incoming: Incoming) -> Response {
+    let path = incoming.uri.path();
+    let message = format!("mock upstream has no route {} {path}", incoming.method);
+    incoming.record_in(&mock);
     error_response(StatusCode::NOT_FOUND, &message, "invalid_request_error")
 }
 
-pub(crate) async fn wrong_method(
-    State(mock): State<MockUpstream>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let message = format!("mock upstream does not allow {method} {}", uri.path());
-    mock.record(&method, &uri, &headers, json_or_null(&body));
+pub(crate) async fn wrong_method(State(mock): State<MockUpstream>, incoming: Incoming) -> Response {
+    let path = incoming.uri.path();
+    let message = format!("mock upstream does not allow {} {path}", incoming.method);
+    incoming.record_in(&mock);
     error_response(
         StatusCode::METHOD_NOT_ALLOWED,
         &message,

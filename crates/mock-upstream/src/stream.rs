@@ -67,24 +67,31 @@ impl Frames {
         }
     }
 
+    /// The sequence both endpoints share: the first, token and finish
+    /// chunks (`"usage": null` with `include_usage`), then, only with
+    /// `include_usage`, a `"choices": []` chunk carrying the usage.
+    fn assemble<'e, C>(
+        exchange: &'e Exchange,
+        [first, token, finish]: [C; 3],
+        chunk: impl Fn(&[C], Option<Option<&'e Usage>>) -> serde_json::Result<Bytes>,
+    ) -> serde_json::Result<Self> {
+        let null_usage = exchange.include_usage.then_some(None);
+        Ok(Self {
+            first: chunk(&[first], null_usage)?,
+            token: chunk(&[token], null_usage)?,
+            finish: chunk(&[finish], null_usage)?,
+            usage: exchange
+                .include_usage
+                .then(|| chunk(&[], Some(Some(&exchange.usage))))
+                .transpose()?,
+            done: Bytes::from_static(SSE_DONE),
+        })
+    }
+
     /// `chat.completion.chunk` events: a role delta, token deltas, an empty
     /// delta with the finish reason.
     fn chat(exchange: &Exchange, id: u64, created: u64) -> serde_json::Result<Self> {
-        let null_usage = exchange.include_usage.then_some(None);
-        let final_usage = exchange.include_usage.then_some(&exchange.usage);
         let id = format!("chatcmpl-mock-{id}");
-        let chunk = |choices: &[ChatChunkChoice<'_>], usage| {
-            sse_frame(&ChatChunk {
-                id: &id,
-                object: "chat.completion.chunk",
-                created,
-                model: &exchange.model,
-                service_tier: "default",
-                system_fingerprint: FINGERPRINT,
-                choices,
-                usage,
-            })
-        };
         let choice = |delta, finish_reason| ChatChunkChoice {
             index: 0,
             delta,
@@ -100,24 +107,41 @@ impl Frames {
             content: Some(TOKEN_TEXT),
             ..Delta::default()
         };
-        Ok(Self {
-            first: chunk(&[choice(role, None)], null_usage)?,
-            token: chunk(&[choice(token, None)], null_usage)?,
-            finish: chunk(&[choice(Delta::default(), Some("stop"))], null_usage)?,
-            usage: final_usage
-                .map(|usage| chunk(&[], Some(Some(usage))))
-                .transpose()?,
-            done: Bytes::from_static(SSE_DONE),
+        let choices = [
+            choice(role, None),
+            choice(token, None),
+            choice(Delta::default(), Some("stop")),
+        ];
+        Self::assemble(exchange, choices, |choices, usage| {
+            sse_frame(&ChatChunk {
+                id: &id,
+                object: "chat.completion.chunk",
+                created,
+                model: &exchange.model,
+                service_tier: "default",
+                system_fingerprint: FINGERPRINT,
+                choices,
+                usage,
+            })
         })
     }
 
     /// `text_completion` events (completions): the same sequence, with
     /// `choices[].text` in place of deltas.
     fn text(exchange: &Exchange, id: u64, created: u64) -> serde_json::Result<Self> {
-        let null_usage = exchange.include_usage.then_some(None);
-        let final_usage = exchange.include_usage.then_some(&exchange.usage);
         let id = format!("cmpl-mock-{id}");
-        let chunk = |choices: &[TextChoice<'_>], usage| {
+        let choice = |text, finish_reason| TextChoice {
+            text,
+            index: 0,
+            logprobs: None,
+            finish_reason,
+        };
+        let choices = [
+            choice("", None),
+            choice(TOKEN_TEXT, None),
+            choice("", Some("stop")),
+        ];
+        Self::assemble(exchange, choices, |choices, usage| {
             sse_frame(&TextChunk {
                 id: &id,
                 object: "text_completion",
@@ -127,21 +151,6 @@ impl Frames {
                 choices,
                 usage,
             })
-        };
-        let choice = |text, finish_reason| TextChoice {
-            text,
-            index: 0,
-            logprobs: None,
-            finish_reason,
-        };
-        Ok(Self {
-            first: chunk(&[choice("", None)], null_usage)?,
-            token: chunk(&[choice(TOKEN_TEXT, None)], null_usage)?,
-            finish: chunk(&[choice("", Some("stop"))], null_usage)?,
-            usage: final_usage
-                .map(|usage| chunk(&[], Some(Some(usage))))
-                .transpose()?,
-            done: Bytes::from_static(SSE_DONE),
         })
     }
 }

@@ -57,6 +57,12 @@ impl Reply {
             .map(|(_, value)| value.as_str())
     }
 
+    /// A 200 with this content type.
+    fn assert_ok(&self, content_type: &str) {
+        assert_eq!(self.status, 200);
+        assert_eq!(self.header("content-type"), Some(content_type));
+    }
+
     fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap()
     }
@@ -161,6 +167,16 @@ fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
     }
 }
 
+/// A chat completion with `knobs` as headers.
+async fn chat(up: &Running, knobs: &[(&str, &str)], body: &str) -> Reply {
+    send(up.addr, "POST", "/v1/chat/completions", knobs, body).await
+}
+
+/// Waits for every stream of the mock to be closed or dropped.
+async fn streams_close(up: &Running, what: &str) {
+    eventually(what, || up.mock.open_streams() == 0).await;
+}
+
 /// Polls `condition` until it holds, failing after PATIENCE.
 async fn eventually(what: &str, condition: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -186,16 +202,8 @@ const CHAT_STREAM: &str = r#"{"model":"gpt-4o-mini","messages":[
 #[tokio::test]
 async fn chat_json_reports_the_deterministic_usage() {
     let up = start().await;
-    let reply = send(
-        up.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[("X-Mock-Cached-Tokens", "100")],
-        CHAT,
-    )
-    .await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let reply = chat(&up, &[("X-Mock-Cached-Tokens", "100")], CHAT).await;
+    reply.assert_ok("application/json");
     let body = reply.json();
     assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-mock-"));
     assert_eq!(body["object"], "chat.completion");
@@ -284,16 +292,8 @@ async fn embeddings_return_one_vector_per_input_and_prompt_usage_only() {
 #[tokio::test]
 async fn stream_with_include_usage_ends_with_the_usage_chunk_then_done() {
     let up = start().await;
-    let reply = send(
-        up.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[("x-mock-completion-tokens", "3")],
-        CHAT_STREAM,
-    )
-    .await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("content-type"), Some("text/event-stream"));
+    let reply = chat(&up, &[("x-mock-completion-tokens", "3")], CHAT_STREAM).await;
+    reply.assert_ok("text/event-stream");
     assert!(reply.complete);
     let events = reply.events();
     // Role chunk, 3 tokens, finish chunk, usage chunk, [DONE].
@@ -332,10 +332,7 @@ async fn stream_with_include_usage_ends_with_the_usage_chunk_then_done() {
         chunks[5]["usage"]["prompt_tokens_details"]["cached_tokens"],
         0
     );
-    eventually("the finished stream to close", || {
-        up.mock.open_streams() == 0
-    })
-    .await;
+    streams_close(&up, "the finished stream to close").await;
 }
 
 #[tokio::test]
@@ -363,14 +360,7 @@ async fn stream_without_include_usage_has_no_usage_at_all() {
 #[tokio::test]
 async fn x_mock_status_answers_that_status_with_an_openai_error() {
     let up = start().await;
-    let reply = send(
-        up.addr,
-        "POST",
-        "/v1/chat/completions",
-        &[("x-mock-status", "500")],
-        CHAT,
-    )
-    .await;
+    let reply = chat(&up, &[("x-mock-status", "500")], CHAT).await;
     assert_eq!(reply.status, 500);
     assert_eq!(
         reply.json(),
@@ -383,7 +373,7 @@ async fn x_mock_status_answers_that_status_with_an_openai_error() {
 #[tokio::test]
 async fn invalid_json_is_a_400_and_is_recorded_as_null() {
     let up = start().await;
-    let reply = send(up.addr, "POST", "/v1/chat/completions", &[], "{nope").await;
+    let reply = chat(&up, &[], "{nope").await;
     assert_eq!(reply.status, 400);
     assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
     assert_eq!(up.mock.requests()[0].body, Value::Null);
@@ -392,10 +382,8 @@ async fn invalid_json_is_a_400_and_is_recorded_as_null() {
 #[tokio::test]
 async fn fail_after_chunks_truncates_the_stream() {
     let up = start().await;
-    let reply = send(
-        up.addr,
-        "POST",
-        "/v1/chat/completions",
+    let reply = chat(
+        &up,
         &[
             ("x-mock-completion-tokens", "5"),
             ("x-mock-fail-after-chunks", "2"),
@@ -408,10 +396,7 @@ async fn fail_after_chunks_truncates_the_stream() {
     let events = reply.events();
     assert_eq!(events.len(), 3, "role chunk and 2 tokens: {events:#?}");
     assert!(events.iter().all(|event| event != "[DONE]"));
-    eventually("the aborted stream to close", || {
-        up.mock.open_streams() == 0
-    })
-    .await;
+    streams_close(&up, "the aborted stream to close").await;
 }
 
 #[tokio::test]
@@ -440,10 +425,7 @@ async fn open_streams_returns_to_zero_when_the_client_drops_mid_stream() {
     }
     assert_eq!(up.mock.open_streams(), 1);
     drop(tcp);
-    eventually("the abandoned stream to be dropped", || {
-        up.mock.open_streams() == 0
-    })
-    .await;
+    streams_close(&up, "the abandoned stream to be dropped").await;
 }
 
 #[tokio::test]
