@@ -146,21 +146,22 @@ pub async fn run(
         .await;
     let _ = stop_tx.send(true);
     let _ = metrics_task.await;
-    if let Err(e) = app.wallets.flush_all().await {
-        tracing::error!(error = %e, "final wallet flush failed");
-    }
     drop(stop_rx);
     stop_background(&app).await;
     Ok(served?)
 }
 
-/// After the final flush: signal the background loops, close the tracker
-/// and wait for every task on it to end.
+/// Once no request is served: signal the background loops, close the
+/// tracker and wait for every task on it to end (detached exchanges among
+/// them: their settlements must precede the final flush, M9); then the
+/// final flush, then the wallets' own writes (flush, withdraw, credit).
 async fn stop_background(app: &App) {
     app.shutdown.cancel();
     app.tasks.close();
     app.tasks.wait().await;
-    // The wallets' own writes (flush, withdraw, credit) last.
+    if let Err(e) = app.wallets.flush_all().await {
+        tracing::error!(error = %e, "final wallet flush failed");
+    }
     let wallet_tasks = app.wallets.tasks();
     wallet_tasks.close();
     wallet_tasks.wait().await;

@@ -712,3 +712,163 @@ async fn large_answers_are_relayed_whole_and_billed() {
     assert_eq!(r.bytes().await.unwrap(), body);
     assert_eq!(spent(&g, &u).await, 77 * 20);
 }
+
+fn ok_json(body: &[u8]) -> Vec<u8> {
+    http("200 OK", &[("content-type", "application/json")], body)
+}
+
+/// M3: a prompt count past every bound, on a model whose pricing sets no
+/// context window, is clamped to the gateway's default window (128,000):
+/// no count bills without bound, and conservation holds with the largest
+/// counts, two at a time.
+#[tokio::test]
+async fn prompt_counts_are_bounded_by_the_default_context_window() {
+    let s = stub(vec![Step::Send(ok_json(
+        br#"{"choices":[{"message":{"content":"ok"}}],"usage":{"prompt_tokens":4294967295,"completion_tokens":1,"total_tokens":4294967296}}"#,
+    ))])
+    .await;
+    let g = gateway_on(&s).await;
+    let (u, key) = g.funded("window@example.com", "1").await;
+    let r = g.chat(&key, &chat_body("gpt-4o"), &[]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let _ = r.bytes().await.unwrap();
+    // gpt-4o: 2.50 in, 10.00 out per million: 128,000 x 2,500 + 1 x 10,000.
+    assert_eq!(spent(&g, &u).await, 128_000 * 2_500 + 10_000);
+
+    let s = stub(vec![Step::Send(ok_json(
+        br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":18446744073709551615,"total_tokens":18446744073709551615}}"#,
+    ))])
+    .await;
+    let g = gateway_on(&s).await;
+    let (u, key) = g.funded("u64max@example.com", "1").await;
+    let body = r#"{"model":"text-embedding-3-small","input":"hello"}"#;
+    let (a, b) = tokio::join!(
+        post_raw(&g, "/v1/embeddings", &key, body, &[]),
+        post_raw(&g, "/v1/embeddings", &key, body, &[])
+    );
+    let _ = (a.bytes().await, b.bytes().await);
+    // 128,000 x 20 nano-dollars each.
+    assert_eq!(spent(&g, &u).await, 2 * 128_000 * 20);
+    assert_eq!(g.reconcile().await["ok"], true);
+}
+
+/// M6: a limit of 0 is unset (SGLang and vLLM generate unbounded), and
+/// with both limits set the larger bounds the bill.
+#[tokio::test]
+async fn a_zero_output_limit_is_unset_and_the_larger_limit_bounds() {
+    let s = stub(vec![Step::Send(ok_json(&chat_json(10, 1000)))]).await;
+    let g = gateway_on(&s).await;
+    let (u, key) = g.funded("zero@example.com", "1").await;
+    let body = json!({"model": "gpt-4o-mini", "max_completion_tokens": 0, "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "Hello!"}]});
+    let r = g.chat(&key, &body, &[]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let _ = r.bytes().await.unwrap();
+    assert_eq!(spent(&g, &u).await, mini_cost(10, 0, 1000));
+}
+
+/// M5: an error body whose `choices` is null (a Go nil slice) is an error
+/// object without choices: not billed.
+#[tokio::test]
+async fn an_error_body_with_null_choices_is_not_billed() {
+    let s = stub(vec![Step::Send(ok_json(
+        br#"{"id":"","object":"","created":0,"model":"","choices":null,"error":{"message":"upstream overloaded","type":"server_error"}}"#,
+    ))])
+    .await;
+    let g = gateway_on(&s).await;
+    let (u, key) = g.funded("nullchoices@example.com", "1").await;
+    let r = g.chat(&key, &chat_body("gpt-4o-mini"), &[]).await;
+    let _ = r.bytes().await.unwrap();
+    wait_until("the hold is released", || async {
+        g.reconcile().await["holds_total"] == "0.00"
+    })
+    .await;
+    assert_eq!(spent(&g, &u).await, 0);
+}
+
+/// M1: a gzip answer in two members (RFC 1952 allows it) is read whole.
+#[tokio::test]
+async fn a_gzip_answer_in_several_members_is_read_whole() {
+    let plain = chat_json(1000, 500);
+    let (a, b) = plain.split_at(40);
+    let mut body = encode("gzip", a).await;
+    body.extend(encode("gzip", b).await);
+    let s = stub(vec![Step::Send(http(
+        "200 OK",
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        &body,
+    ))])
+    .await;
+    let g = gateway_on(&s).await;
+    let (u, key) = g.funded("members@example.com", "1").await;
+    let r = g.chat(&key, &open_chat(), &[]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), plain);
+    assert_eq!(spent(&g, &u).await, mini_cost(1000, 0, 500));
+}
+
+/// U4a: a stream the client cancels before the upstream's first byte is
+/// billed the prompt's estimate (the upstream read the prompt).
+#[tokio::test]
+async fn a_stream_cancelled_before_the_answer_bills_the_prompt() {
+    let s = stub(vec![
+        Step::Sleep(Duration::from_millis(1500)),
+        Step::Send(sse_head()),
+    ])
+    .await;
+    let g = gateway_on(&s).await;
+    let (u, key) = g.funded("early@example.com", "1").await;
+    let body = json!({"model": "gpt-4o-mini", "stream": true,
+        "messages": [{"role": "user", "content": "Hello!"}]});
+    let r = tokio::time::timeout(Duration::from_millis(300), g.chat(&key, &body, &[])).await;
+    assert!(r.is_err(), "the client left before the answer");
+    // "Hello!": 6 bytes, 2 tokens.
+    let want = mini_cost(2, 0, 0);
+    wait_until("the prompt is billed", || async {
+        spent(&g, &u).await == want
+    })
+    .await;
+    assert_eq!(settled_facts(&g, &u).await.status, RequestStatus::Cancelled);
+}
+
+/// M2 with M3: a total-only count on a generating route: what the output
+/// bound cannot hold is billed as input, not dropped.
+#[tokio::test]
+async fn a_total_only_count_keeps_what_the_output_bound_cannot_hold() {
+    let s = stub(vec![Step::Send(ok_json(
+        br#"{"choices":[{"message":{"content":"ok"}}],"usage":{"total_tokens":2000}}"#,
+    ))])
+    .await;
+    let g = gateway_on(&s).await;
+    let (u, key) = g.funded("total@example.com", "1").await;
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 16,
+        "messages": [{"role": "user", "content": "Hello!"}]});
+    let r = g.chat(&key, &body, &[]).await;
+    let _ = r.bytes().await.unwrap();
+    assert_eq!(spent(&g, &u).await, mini_cost(1984, 0, 16));
+}
+
+/// M7: an assistant turn that refers to an earlier audio answer is
+/// non-text input: held at the context window, so B6 holds.
+#[tokio::test]
+async fn an_audio_turn_is_held_at_the_context_window() {
+    let s = stub(vec![Step::Send(ok_json(&chat_json(100_000, 10)))]).await;
+    let g = gateway_on(&s).await;
+    let (u, key) = g.funded("audio@example.com", "0.20").await;
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "Say hi"},
+        {"role": "assistant", "audio": {"id": "audio_abc123"}},
+        {"role": "user", "content": "Again"}]});
+    let calls = (0..30).map(|_| g.chat(&key, &body, &[]));
+    for a in futures_util::future::join_all(calls).await {
+        let _ = a.bytes().await;
+    }
+    let balance = nanos(&g.balance(&u).await.0);
+    assert!(
+        balance > 50_000_000 - mini_cost(100_000, 0, 10),
+        "balance {balance}"
+    );
+}

@@ -9,10 +9,13 @@
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/calls.rs"]
+mod calls;
 mod common;
 
 use std::sync::Arc;
 
+use calls::*;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -129,12 +132,7 @@ async fn join_moves_paid_leave_keeps_it_and_restores_personal_keys() {
         g.balance(&b).await,
         ("0.00".to_string(), "2.00".to_string())
     );
-    assert_eq!(
-        g.chat(&b_key, &chat_body("gpt-4o-mini"), &[])
-            .await
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(chat_status(&g, &b_key, &[]).await, StatusCode::UNAUTHORIZED);
 
     // B uses a team key: billed to the team (B1).
     let (_, tk) = g.team_key(&team, &a, Some(&b.id)).await;
@@ -142,10 +140,7 @@ async fn join_moves_paid_leave_keeps_it_and_restores_personal_keys() {
         ("x-mock-prompt-tokens", "0"),
         ("x-mock-completion-tokens", "1000"),
     ];
-    assert_eq!(
-        g.chat(&tk, &chat_body("gpt-4o-mini"), &t).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(chat_status(&g, &tk, &t).await, StatusCode::OK);
     assert_eq!(
         g.team_balance(&team, &a).await,
         usd(15_500_000_000 - 600_000)
@@ -168,17 +163,9 @@ async fn join_moves_paid_leave_keeps_it_and_restores_personal_keys() {
         ("0.00".to_string(), "2.00".to_string())
     );
     g.deposit(&b, "1", "stripe").await;
-    assert_eq!(
-        g.chat(&b_key, &chat_body("gpt-4o-mini"), &[])
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(chat_status(&g, &b_key, &[]).await, StatusCode::OK);
     // Assigned to B by A: keeps working after B left.
-    assert_eq!(
-        g.chat(&tk, &chat_body("gpt-4o-mini"), &[]).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(chat_status(&g, &tk, &[]).await, StatusCode::OK);
     // The team is gone for B (404, not 403).
     assert_eq!(
         g.get(&format!("/api/teams/{team}"), Some(&b.token))
@@ -199,10 +186,7 @@ async fn team_keys_a_leaver_created_stop_on_the_next_request() {
     let (_, made_by_b) = g.team_key(&team, &b, None).await;
     let (_, made_by_a_for_b) = g.team_key(&team, &a, Some(&b.id)).await;
     for k in [&made_by_b, &made_by_a_for_b] {
-        assert_eq!(
-            g.chat(k, &chat_body("gpt-4o-mini"), &[]).await.status(),
-            StatusCode::OK
-        );
+        assert_eq!(chat_status(&g, k, &[]).await, StatusCode::OK);
     }
     let r = g
         .delete(
@@ -213,12 +197,7 @@ async fn team_keys_a_leaver_created_stop_on_the_next_request() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = g.chat(&made_by_b, &chat_body("gpt-4o-mini"), &[]).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        g.chat(&made_by_a_for_b, &chat_body("gpt-4o-mini"), &[])
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(chat_status(&g, &made_by_a_for_b, &[]).await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -233,10 +212,7 @@ async fn deletion_pays_the_remaining_balance_to_the_owner() {
         ("x-mock-prompt-tokens", "0"),
         ("x-mock-completion-tokens", "1000"),
     ];
-    assert_eq!(
-        g.chat(&tk, &chat_body("gpt-4o-mini"), &t).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(chat_status(&g, &tk, &t).await, StatusCode::OK);
     let c = g.user("c@example.com").await;
     let pending = g.invite(&team, &a, &c.email, "member").await;
 
@@ -256,23 +232,10 @@ async fn deletion_pays_the_remaining_balance_to_the_owner() {
     assert_eq!(g.balance(&a).await.0, usd(expected));
     assert_eq!(g.balance(&b).await.0, "0.00");
     // Keys: the team's stop, everyone's personal keys come back.
-    assert_eq!(
-        g.chat(&tk, &chat_body("gpt-4o-mini"), &[]).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        g.chat(&a_key, &chat_body("gpt-4o-mini"), &[])
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(chat_status(&g, &tk, &[]).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(chat_status(&g, &a_key, &[]).await, StatusCode::OK);
     g.deposit(&b, "1", "stripe").await;
-    assert_eq!(
-        g.chat(&b_key, &chat_body("gpt-4o-mini"), &[])
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(chat_status(&g, &b_key, &[]).await, StatusCode::OK);
     // The team is gone; its pending invite is dead.
     assert_eq!(
         g.get(&format!("/api/teams/{team}"), Some(&a.token))
@@ -301,9 +264,7 @@ async fn deletion_racing_32_in_flight_requests_bills_or_refuses_each() {
                 ("x-mock-prompt-tokens", "0"),
                 ("x-mock-completion-tokens", "1000"),
             ];
-            g.chat(&tk, &chat_body("gpt-4o-mini"), &knobs)
-                .await
-                .status()
+            chat_status(&g, &tk, &knobs).await
         }));
     }
     // Delete while requests are in flight at the upstream.
@@ -429,21 +390,11 @@ async fn several_teams_at_once_and_keys_return_only_when_in_none() {
     assert_eq!(me["teams"].as_array().unwrap().len(), 2);
     g.delete(&format!("/api/teams/{ta}/members/{}", c.id), Some(&c.token))
         .await;
-    assert_eq!(
-        g.chat(&c_key, &chat_body("gpt-4o-mini"), &[])
-            .await
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(chat_status(&g, &c_key, &[]).await, StatusCode::UNAUTHORIZED);
     g.delete(&format!("/api/teams/{tb}/members/{}", c.id), Some(&c.token))
         .await;
     g.deposit(&c, "1", "stripe").await;
-    assert_eq!(
-        g.chat(&c_key, &chat_body("gpt-4o-mini"), &[])
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(chat_status(&g, &c_key, &[]).await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -671,91 +622,22 @@ async fn authorisation_matrix() {
     // (method, path, body, [owner, admin, member, outsider, anonymous]); state
     // is made fresh per row where a call would change it.
     let t = &team;
+    #[rustfmt::skip]
     let rows: Vec<(&str, String, Value, [u16; 5])> = vec![
-        (
-            "GET",
-            format!("/api/teams/{t}"),
-            json!(null),
-            [200, 200, 200, 404, 401],
-        ),
-        (
-            "GET",
-            format!("/api/teams/{t}/members"),
-            json!(null),
-            [200, 200, 200, 404, 401],
-        ),
-        (
-            "GET",
-            format!("/api/teams/{t}/invites"),
-            json!(null),
-            [200, 200, 403, 404, 401],
-        ),
-        (
-            "POST",
-            format!("/api/teams/{t}/invites"),
-            json!({"email": "new@example.com", "role": "member"}),
-            [201, 201, 403, 404, 401],
-        ),
-        (
-            "POST",
-            format!("/api/teams/{t}/invites"),
-            json!({"email": "new2@example.com", "role": "admin"}),
-            [201, 403, 403, 404, 401],
-        ),
-        (
-            "GET",
-            format!("/api/teams/{t}/keys"),
-            json!(null),
-            [200, 200, 200, 404, 401],
-        ),
-        (
-            "POST",
-            format!("/api/teams/{t}/keys"),
-            json!({"name": "k"}),
-            [201, 201, 403, 404, 401],
-        ),
-        (
-            "GET",
-            format!("/api/teams/{t}/ledger"),
-            json!(null),
-            [200, 403, 403, 404, 401],
-        ),
-        (
-            "GET",
-            format!("/api/teams/{t}/events"),
-            json!(null),
-            [200, 403, 403, 404, 401],
-        ),
-        (
-            "PATCH",
-            format!("/api/teams/{t}/members/{}", member.id),
-            json!({"role": "member"}),
-            [200, 403, 403, 404, 401],
-        ),
-        (
-            "DELETE",
-            format!("/api/teams/{t}/keys/key_missing"),
-            json!(null),
-            [404, 404, 404, 404, 401],
-        ),
-        (
-            "DELETE",
-            format!("/api/teams/{t}/invites/inv_missing"),
-            json!(null),
-            [404, 404, 403, 404, 401],
-        ),
-        (
-            "DELETE",
-            format!("/api/teams/{t}/members/{}", owner.id),
-            json!(null),
-            [409, 403, 403, 404, 401],
-        ),
-        (
-            "GET",
-            "/api/teams/team_missing".to_string(),
-            json!(null),
-            [404, 404, 404, 404, 401],
-        ),
+        ("GET", format!("/api/teams/{t}"), json!(null), [200, 200, 200, 404, 401]),
+        ("GET", format!("/api/teams/{t}/members"), json!(null), [200, 200, 200, 404, 401]),
+        ("GET", format!("/api/teams/{t}/invites"), json!(null), [200, 200, 403, 404, 401]),
+        ("POST", format!("/api/teams/{t}/invites"), json!({"email": "new@example.com", "role": "member"}), [201, 201, 403, 404, 401]),
+        ("POST", format!("/api/teams/{t}/invites"), json!({"email": "new2@example.com", "role": "admin"}), [201, 403, 403, 404, 401]),
+        ("GET", format!("/api/teams/{t}/keys"), json!(null), [200, 200, 200, 404, 401]),
+        ("POST", format!("/api/teams/{t}/keys"), json!({"name": "k"}), [201, 201, 403, 404, 401]),
+        ("GET", format!("/api/teams/{t}/ledger"), json!(null), [200, 403, 403, 404, 401]),
+        ("GET", format!("/api/teams/{t}/events"), json!(null), [200, 403, 403, 404, 401]),
+        ("PATCH", format!("/api/teams/{t}/members/{}", member.id), json!({"role": "member"}), [200, 403, 403, 404, 401]),
+        ("DELETE", format!("/api/teams/{t}/keys/key_missing"), json!(null), [404, 404, 404, 404, 401]),
+        ("DELETE", format!("/api/teams/{t}/invites/inv_missing"), json!(null), [404, 404, 403, 404, 401]),
+        ("DELETE", format!("/api/teams/{t}/members/{}", owner.id), json!(null), [409, 403, 403, 404, 401]),
+        ("GET", "/api/teams/team_missing".to_string(), json!(null), [404, 404, 404, 404, 401]),
     ];
     for (method, path, body, want) in rows {
         for (i, who) in [Owner, Admin, Member, Outsider, Anonymous]
@@ -822,9 +704,7 @@ async fn an_invite_accepted_while_the_team_is_being_deleted_is_gone() {
                 ("x-mock-prompt-tokens", "0"),
                 ("x-mock-completion-tokens", "1000"),
             ];
-            g.chat(&tk, &chat_body("gpt-4o-mini"), &knobs)
-                .await
-                .status()
+            chat_status(&g, &tk, &knobs).await
         })
     };
     wait_until("request in flight", || async {

@@ -29,8 +29,12 @@ pub struct Billing {
     /// The request as the client sent it, for the prompt estimate.
     pub request_body: Bytes,
     pub route: Route,
-    /// M3: input at most the model's context window (where set), output
-    /// at most the hold's output bound.
+    /// M3: input at most the context window (the model's, else the
+    /// gateway's default), output at most the hold's output bound. A text
+    /// request's hold bounds input by its bytes; an upstream reporting more
+    /// prompt tokens than that is billed up to the window, so a settlement
+    /// passes its hold by at most the window's input price (B6 allows one
+    /// request's cost).
     pub bounds: Bounds,
 }
 
@@ -95,11 +99,16 @@ impl Billing {
     /// one shape `resolve` needs it for).
     fn prompt_estimate_lazy(&self, raw: &RawUsage) -> u64 {
         let total_only = raw.total.is_some() && (raw.prompt.is_none() || raw.completion.is_none());
-        if total_only {
-            estimate_tokens(prompt_bytes(&self.request_body))
-        } else {
-            0
+        if !total_only {
+            return 0;
         }
+        // What the output bound cannot hold is input: the prompt estimate
+        // misses tool schemas and token arrays.
+        let beyond_output = raw
+            .total
+            .unwrap_or(0)
+            .saturating_sub(self.bounds.max_output);
+        estimate_tokens(prompt_bytes(&self.request_body)).max(beyond_output)
     }
 
     /// M4, U4a: usage by the 4-bytes-a-token rule, when the upstream never

@@ -206,10 +206,12 @@ async fn phases(
         request_body: body.clone(),
         route,
         bounds: Bounds {
-            // M3: the input bound is the context window where the pricing
-            // file sets one; the byte bound of the hold is not a token
-            // count the upstream's tokenizer must respect.
-            max_input: price.context_window.unwrap_or(u64::MAX),
+            // M3: input within the model's context window (the gateway's
+            // default where the pricing file sets none, so no count is
+            // unbounded); output within the hold's own bound.
+            max_input: price
+                .context_window
+                .unwrap_or(app.config.default_context_window),
             max_output: bounds.max_output,
         },
     };
@@ -253,15 +255,40 @@ async fn exchange(
     billing: Billing,
     inject: bool,
 ) -> Result<Response, ProxyError> {
-    let base = billing
-        .pricing
+    let pricing = billing.pricing.clone();
+    let base = pricing
         .get(&billing.model)
         .and_then(|p| p.upstream_url.as_deref())
         .unwrap_or(&app.config.upstream_url);
     let sent = Instant::now();
-    let upstream = app.upstream.send(base, route.path(), headers, body).await?;
+    let mut waiting = Unanswered(Some(billing));
+    let upstream = match app.upstream.send(base, route.path(), headers, body).await {
+        Ok(u) => u,
+        Err(e) => {
+            // Not billed (U4, P5): the hold is released.
+            drop(waiting.0.take());
+            return Err(e);
+        }
+    };
     metrics::upstream_latency(route.label(), sent.elapsed());
+    let Some(billing) = waiting.0.take() else {
+        return Err(ProxyError::Upstream);
+    };
     answer(app, billing, upstream, inject)
+}
+
+/// A call whose client left while the upstream was working on it, before
+/// its answer began (a stream: hyper drops the handler): the prompt was
+/// sent and processed, so it is billed by the prompt's estimate (U4a).
+struct Unanswered(Option<Billing>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            tracing::debug!("client left before the upstream answered; billing the prompt");
+            b.bill(None, 0, crate::store::RequestStatus::Cancelled);
+        }
+    }
 }
 
 /// The hold's bounds in tokens (B5a, M6, M7): input by the body's size in
@@ -318,7 +345,10 @@ fn answer(
     let is_sse = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+        .is_some_and(|v| {
+            v.get(..17)
+                .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+        });
     let read_timeout = app.upstream.read_timeout();
 
     // 7-8. meter and settle.

@@ -48,22 +48,46 @@ impl Source {
     /// gateway cannot decode is an upstream failure: it could not be
     /// metered.
     pub fn new(body: UpstreamBody, headers: &mut HeaderMap) -> Result<Source, ProxyError> {
-        let Some(coding) = headers.get(header::CONTENT_ENCODING) else {
+        if !headers.contains_key(header::CONTENT_ENCODING) {
             return Ok(Source::Plain(body));
+        }
+        // The codings in the order applied, `identity` (none) left out.
+        // Several real codings at once are not decoded (no upstream this
+        // serves sends them): a 502, as for an unknown one.
+        let codings: Vec<String> = headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+            .map(|c| c.trim().to_ascii_lowercase())
+            .filter(|c| !c.is_empty() && c != "identity")
+            .collect();
+        let coding = match codings.as_slice() {
+            [] => String::new(),
+            [one] => one.clone(),
+            _ => "several".to_string(),
         };
-        let coding = coding.to_str().unwrap_or("").trim().to_ascii_lowercase();
-        if coding.is_empty() || coding == "identity" {
+        if coding.is_empty() {
             headers.remove(header::CONTENT_ENCODING);
             return Ok(Source::Plain(body));
         }
         let bytes = StreamReader::new(body.into_data_stream());
         use async_compression::tokio::bufread as dec;
+        // Concatenated members (gzip members, zstd frames) are one body:
+        // all are read, not just the first.
         let decoded: Decoded = match coding.as_str() {
-            "gzip" | "x-gzip" => Box::pin(ReaderStream::new(dec::GzipDecoder::new(bytes))),
+            "gzip" | "x-gzip" => {
+                let mut d = dec::GzipDecoder::new(bytes);
+                d.multiple_members(true);
+                Box::pin(ReaderStream::new(d))
+            }
             // HTTP's "deflate" is the zlib format (RFC 9110 8.4.1.2).
             "deflate" => Box::pin(ReaderStream::new(dec::ZlibDecoder::new(bytes))),
             "br" => Box::pin(ReaderStream::new(dec::BrotliDecoder::new(bytes))),
-            "zstd" => Box::pin(ReaderStream::new(dec::ZstdDecoder::new(bytes))),
+            "zstd" => {
+                let mut d = dec::ZstdDecoder::new(bytes);
+                d.multiple_members(true);
+                Box::pin(ReaderStream::new(d))
+            }
             _ => {
                 tracing::warn!(
                     coding,

@@ -113,8 +113,14 @@ impl<'a> Probe<'a> {
     /// M6): its own limit clamped to the model's `max_output_tokens`, else
     /// the model's, else the gateway's default. The request itself is
     /// forwarded unchanged; only the hold is bounded.
+    /// A limit of 0 counts as unset (SGLang and vLLM read it so and
+    /// generate unbounded), and with both set the larger bounds the hold.
     pub fn max_output(&self, model_max: Option<u64>, default: u64) -> u64 {
-        let asked = self.max_completion_tokens.or(self.max_tokens);
+        let set = |v: Option<u64>| v.filter(|&n| n > 0);
+        let asked = match (set(self.max_completion_tokens), set(self.max_tokens)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         let per_choice = match (asked, model_max) {
             (Some(a), Some(m)) => a.min(m),
             (Some(a), None) => a,
@@ -372,51 +378,68 @@ pub fn with_include_usage(body: &[u8]) -> Option<Vec<u8>> {
 
 /// Part types that are text (Chat Completions, Responses).
 const TEXT_PARTS: [&str; 3] = ["text", "input_text", "output_text"];
-/// Members that carry non-text input even without a `type`.
-const MEDIA_MEMBERS: [&str; 6] = [
+/// Members that carry non-text input in a part.
+const MEDIA_MEMBERS: [&str; 7] = [
     "image_url",
     "input_audio",
     "file",
     "video_url",
     "image",
     "audio",
+    "input_file",
+];
+/// The JSON strings every non-text part or member spells, as a member
+/// name or as a part's `type` (`"input_image"` among them).
+const MEDIA_STRINGS: [&[u8]; 8] = [
+    b"\"image_url\"",
+    b"\"input_audio\"",
+    b"\"file\"",
+    b"\"video_url\"",
+    b"\"image\"",
+    b"\"audio\"",
+    b"\"input_image\"",
+    b"\"input_file\"",
 ];
 
-/// M7: whether the request has any non-text input part (image, audio, file
-/// or video) in `messages[*].content` or `input`. Such input is not
-/// bounded by the body's size (an image URL is a few bytes, its tokens are
-/// many), so the hold bounds it by the context window instead.
+/// M7: whether the request has any non-text input (image, audio, file or
+/// video) in `messages[*].content`, a message's `audio` (a previous audio
+/// answer), or `input`. Such input is not bounded by the body's size (an
+/// image URL is a few bytes, its tokens are many), so the hold bounds it
+/// by the context window.
 pub fn has_non_text_input(body: &[u8]) -> bool {
-    // Text-only requests have no parts at all, or parts with a `type`:
-    // without `"type"` or a media member name there is nothing to look at,
-    // and the common request costs one scan.
-    let candidates = memchr::memmem::find(body, b"\"type\"").is_some()
-        || MEDIA_MEMBERS.iter().any(|m| {
-            let quoted = [b"\"", m.as_bytes(), b"\""].concat();
-            memchr::memmem::find(body, &quoted).is_some()
-        });
-    if !candidates {
+    // Every non-text part spells one of these strings; a request without
+    // any (nearly all text requests, tools included) costs a few scans and
+    // no allocation.
+    if !MEDIA_STRINGS
+        .iter()
+        .any(|m| memchr::memmem::find(body, m).is_some())
+    {
         return false;
     }
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return false;
     };
     let messages = v.get("messages").and_then(|m| m.as_array());
+    let audio_turn = messages
+        .into_iter()
+        .flatten()
+        .any(|m| m.get("audio").is_some_and(|a| !a.is_null()));
     let contents = messages
         .into_iter()
         .flatten()
         .filter_map(|m| m.get("content"));
     let input = v.get("input").into_iter();
-    contents.chain(input).any(|c| {
-        c.as_array().is_some_and(|parts| {
-            parts.iter().any(|p| {
-                is_media_part(p)
-                    || p.get("content")
-                        .and_then(|c| c.as_array())
-                        .is_some_and(|inner| inner.iter().any(is_media_part))
+    audio_turn
+        || contents.chain(input).any(|c| {
+            c.as_array().is_some_and(|parts| {
+                parts.iter().any(|p| {
+                    is_media_part(p)
+                        || p.get("content")
+                            .and_then(|c| c.as_array())
+                            .is_some_and(|inner| inner.iter().any(is_media_part))
+                })
             })
         })
-    })
 }
 
 fn is_media_part(p: &serde_json::Value) -> bool {

@@ -504,8 +504,9 @@ impl JsonMeter {
         match slot {
             Slot::Usage => self.capture.start(i),
             Slot::Error => self.has_error |= b != b'n',
-            Slot::Choices => self.has_choices = true,
-            Slot::Data => self.has_data = true,
+            // A null `choices` / `data` (a Go nil slice) is not an answer.
+            Slot::Choices => self.has_choices |= b != b'n',
+            Slot::Data => self.has_data |= b != b'n',
             _ => {}
         }
         match b {
