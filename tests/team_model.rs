@@ -5,6 +5,10 @@
 //! the end every balance equals the model's and conservation (B8) is exact.
 
 // Tests may panic on unexpected errors: that is how they fail.
+#![allow(
+    clippy::too_many_lines,
+    reason = "test code: the model run reads best as one loop over the ops"
+)]
 #![allow(clippy::unwrap_used)]
 
 mod common;
