@@ -11,7 +11,8 @@
 //!   and hides the usage-only chunk the gateway asked for itself.
 //! - `json`: a non-streamed answer scanned in bounded state (M8): the
 //!   top-level `usage`, the generated text, whether it is an error body.
-//! - `fuzz`: entries for the cargo-fuzz targets (`fuzz/`).
+//! - `fuzz`: entries for the cargo-fuzz targets (`fuzz/`): `fuzz_sse`,
+//!   `fuzz_usage`, and `fuzz_json` (in `json`).
 
 mod chunk;
 mod fuzz;
@@ -19,7 +20,7 @@ mod json;
 mod sse;
 mod usage;
 
-pub use fuzz::fuzz_entry as fuzz_sse;
+pub use fuzz::{fuzz_entry as fuzz_sse, fuzz_usage};
 pub use json::{fuzz_entry as fuzz_json, JsonFacts, JsonMeter};
 pub use sse::{estimate_tokens, generated_text_bytes, SseMeter};
 pub use usage::{clamp, read_usage, read_usage_bytes, resolve, Bounds, RawUsage};

@@ -303,4 +303,13 @@ proptest! {
             prop_assert!(price.cost(&c) <= price.max_cost(max_input, max_output), "{}", model);
         }
     }
+
+    /// The `usage_reader` fuzz entry (and its plain M2 oracle) holds on
+    /// every shape of usage object, not only on what a fuzzer happens on.
+    #[test]
+    fn usage_objects_pass_the_fuzz_entry(seed in any::<[u8; 2]>(), v in usage_object()) {
+        let mut data = seed.to_vec();
+        data.extend_from_slice(&serde_json::to_vec(&v).unwrap());
+        super::super::fuzz_usage(&data);
+    }
 }
