@@ -9,10 +9,6 @@
     reason = "test code: the model's interpreter reads best as one match"
 )]
 // Tests may panic on unexpected errors: that is how they fail.
-#![allow(
-    clippy::too_many_lines,
-    reason = "test code: the model run reads best as one loop over the ops"
-)]
 #![allow(clippy::unwrap_used)]
 
 mod common;
