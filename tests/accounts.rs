@@ -1,10 +1,6 @@
 //! Users, sessions, operator deposits and personal keys through real
 //! sockets (A1-A4, B7, B8, K1, K2, K4, K5).
 
-#![allow(
-    clippy::too_many_lines,
-    reason = "test code: one case reads best as one story"
-)]
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 

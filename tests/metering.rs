@@ -4,10 +4,6 @@
 //! so what the gateway forwards and how it bills are both checked to the
 //! byte and to the nano-dollar.
 
-#![allow(
-    clippy::too_many_lines,
-    reason = "test code: one case reads best as one story"
-)]
 #![allow(clippy::unwrap_used)]
 
 mod common;

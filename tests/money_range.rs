@@ -4,10 +4,6 @@
 //! memberships, keys, invites, the idempotency record), and reconciliation
 //! sums past i64 exactly. Case 12 of issue 11.
 
-#![allow(
-    clippy::too_many_lines,
-    reason = "test code: one case reads best as one story"
-)]
 #![allow(clippy::unwrap_used)]
 
 mod common;

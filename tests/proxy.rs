@@ -1,10 +1,6 @@
 //! The proxy end to end through real sockets: gateway on port 0, the mock
 //! upstream on port 0 (P1-P6, B1, B2, B3, B5, B6, K4, K5, U4).
 
-#![allow(
-    clippy::too_many_lines,
-    reason = "test code: one case reads best as one story"
-)]
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 

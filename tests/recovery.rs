@@ -4,10 +4,6 @@
 //! between wallets"). The crash is simulated by writing, straight into the
 //! store, exactly what a process that died at each point would have left.
 
-#![allow(
-    clippy::too_many_lines,
-    reason = "test code: one case reads best as one story"
-)]
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 

@@ -3,10 +3,6 @@
 //! instances on one Redis. Each test starts its own redis-server on a free
 //! port in a temp dir and skips loudly where no redis-server exists.
 
-#![allow(
-    clippy::too_many_lines,
-    reason = "test code: one case reads best as one story"
-)]
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 

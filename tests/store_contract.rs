@@ -4,10 +4,6 @@
 //! in `store_redis.rs`; the fixtures both use in `common/store.rs`.
 
 #![allow(
-    clippy::too_many_lines,
-    reason = "test code: one case reads best as one story"
-)]
-#![allow(
     clippy::unwrap_used,
     reason = "a test's unwrap is its failure report (clippy.toml allows it in #[test] fns only)"
 )]
@@ -125,6 +121,7 @@ async fn keys_are_indexed_by_hash_user_and_team(s: &dyn Store) {
     assert_eq!(s.key("key_nothing").await.unwrap(), None);
 }
 
+#[allow(clippy::too_many_lines)] // test code: one case, one story
 async fn apply_adds_deltas_once_and_records_everything(s: &dyn Store) {
     let w = "user:usr_ann";
     let k = key("key_a", "usr_ann", None, at(1, 8));
@@ -349,6 +346,7 @@ async fn money_totals_sum_every_wallet(s: &dyn Store) {
     );
 }
 
+#[allow(clippy::too_many_lines)] // test code: one case, one story
 async fn usage_rows_are_ordered_and_pruned_by_day(s: &dyn Store) {
     let w = "team:tm_1";
     let other = "team:tm_2";

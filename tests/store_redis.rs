@@ -6,10 +6,6 @@
 //! Each test on its own `redis-server` (see `common/redis.rs`).
 
 #![allow(
-    clippy::too_many_lines,
-    reason = "test code: one case reads best as one story"
-)]
-#![allow(
     clippy::unwrap_used,
     reason = "a test's unwrap is its failure report (clippy.toml allows it in #[test] fns only)"
 )]

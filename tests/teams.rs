@@ -2,10 +2,6 @@
 //! amounts of every transfer, the role table, and deletion racing
 //! in-flight requests (T1-T4, I1-I5, L1-L3, B2-B4, B7-B9, K2-K5, D1).
 
-#![allow(
-    clippy::too_many_lines,
-    reason = "test code: one case reads best as one story"
-)]
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
@@ -589,6 +585,7 @@ async fn roles_change_and_removal_follow_the_table() {
 
 /// The authorisation matrix: every team, invite, key and usage endpoint x
 /// {owner, admin, member, non-member, anonymous} -> the expected status.
+#[allow(clippy::too_many_lines)] // test code: one case, one story
 #[tokio::test]
 async fn authorisation_matrix() {
     let g = spawn_gateway().await;

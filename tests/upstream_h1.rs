@@ -1,7 +1,3 @@
-#![allow(
-    clippy::too_many_lines,
-    reason = "test code: one case reads best as one story"
-)]
 #![allow(clippy::unwrap_used)]
 //! The upstream hop's HTTP/1.1 client (`proxy::upstream`, `proxy::forward`)
 //! against a scripted upstream on a real socket: what it sends, how it reads

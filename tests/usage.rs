@@ -2,10 +2,6 @@
 //! made, to the token and the nano-dollar; buckets roll at UTC midnight;
 //! visibility follows the role table.
 
-#![allow(
-    clippy::too_many_lines,
-    reason = "test code: one case reads best as one story"
-)]
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 

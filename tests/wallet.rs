@@ -1,10 +1,6 @@
 //! The wallet actor directly: a hold whose caller goes away mid-call is
 //! released, never leaked (B6).
 
-#![allow(
-    clippy::too_many_lines,
-    reason = "test code: one case reads best as one story"
-)]
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 

@@ -1,9 +1,5 @@
 //! PROTOTYPE: idle wallet actors stop and restart on demand, with nothing
 //! lost and handles (as the key cache keeps them) still valid.
-#![allow(
-    clippy::too_many_lines,
-    reason = "test code: one case reads best as one story"
-)]
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 

@@ -1,10 +1,6 @@
 //! The mock over real sockets: the accounting, the streams, the knobs and
 //! the control route, as a client of the gateway would see them.
 
-#![allow(
-    clippy::too_many_lines,
-    reason = "test code: one case reads best as one story"
-)]
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
 
