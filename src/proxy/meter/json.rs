@@ -504,9 +504,10 @@ impl JsonMeter {
         match slot {
             Slot::Usage => self.capture.start(i),
             Slot::Error => self.has_error |= b != b'n',
-            // A null `choices` / `data` (a Go nil slice) is not an answer.
-            Slot::Choices => self.has_choices |= b != b'n',
-            Slot::Data => self.has_data |= b != b'n',
+            // A null `choices` / `data` (a Go nil slice) is not an answer;
+            // a repeated member: the last one decides, as in serde.
+            Slot::Choices => self.has_choices = b != b'n',
+            Slot::Data => self.has_data = b != b'n',
             _ => {}
         }
         match b {

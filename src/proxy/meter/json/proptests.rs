@@ -53,7 +53,8 @@ fn reference(v: &Value) -> (Option<&Value>, bool, bool, bool, u64) {
             text += s(f.get("name")) + s(f.get("arguments"));
         }
     }
-    let (choices, data) = (top.contains_key("choices"), top.contains_key("data"));
+    let present = |k: &str| top.get(k).is_some_and(|v| !v.is_null());
+    let (choices, data) = (present("choices"), present("data"));
     (top.get("usage"), has_error, choices, data, text)
 }
 
