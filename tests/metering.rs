@@ -7,8 +7,9 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/stub.rs"]
+mod stub;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_compression::tokio::write::{BrotliEncoder, GzipEncoder, ZlibEncoder, ZstdEncoder};
@@ -16,104 +17,10 @@ use common::*;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use stub::{send, stub, Step, Stub};
+use tokio::io::AsyncWriteExt;
 use tollgate::store::RequestStatus;
 use tollgate::wallet::user_wallet_id;
-
-/// One step of a scripted answer.
-#[derive(Clone)]
-enum Step {
-    Send(Vec<u8>),
-    Sleep(Duration),
-    /// Keep the connection open without a word (until the test ends).
-    Hang,
-}
-
-/// A scripted upstream: every connection gets the same steps, and every
-/// request's raw bytes (head and body) are kept.
-struct Stub {
-    url: String,
-    seen: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl Stub {
-    fn requests(&self) -> Vec<Vec<u8>> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// The last request's body.
-    fn last_body(&self) -> Vec<u8> {
-        let r = self.requests().pop().expect("a request reached the stub");
-        let at = find(&r, b"\r\n\r\n").unwrap() + 4;
-        r[at..].to_vec()
-    }
-
-    /// The last request's head, lower-cased.
-    fn last_head(&self) -> String {
-        let r = self.requests().pop().expect("a request reached the stub");
-        let at = find(&r, b"\r\n\r\n").unwrap();
-        String::from_utf8_lossy(&r[..at]).to_ascii_lowercase()
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-async fn stub(steps: Vec<Step>) -> Stub {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let kept = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (steps, kept) = (steps.clone(), kept.clone());
-            tokio::spawn(answer(tcp, steps, kept));
-        }
-    });
-    Stub { url, seen }
-}
-
-async fn answer(mut tcp: TcpStream, steps: Vec<Step>, seen: Arc<Mutex<Vec<Vec<u8>>>>) {
-    let mut req = Vec::new();
-    let mut buf = [0u8; 16384];
-    let body_len = loop {
-        let n = tcp.read(&mut buf).await.unwrap_or(0);
-        if n == 0 {
-            return;
-        }
-        req.extend_from_slice(&buf[..n]);
-        if let Some(at) = find(&req, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&req[..at]).to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-            break at + 4 + len;
-        }
-    };
-    while req.len() < body_len {
-        let n = tcp.read(&mut buf).await.unwrap_or(0);
-        if n == 0 {
-            return;
-        }
-        req.extend_from_slice(&buf[..n]);
-    }
-    seen.lock().unwrap().push(req);
-    for step in steps {
-        match step {
-            Step::Send(bytes) => {
-                if tcp.write_all(&bytes).await.is_err() {
-                    return;
-                }
-            }
-            Step::Sleep(d) => tokio::time::sleep(d).await,
-            Step::Hang => std::future::pending::<()>().await,
-        }
-    }
-    let _ = tcp.shutdown().await;
-}
 
 /// A whole HTTP/1.1 answer with `content-length`.
 fn http(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
@@ -222,7 +129,7 @@ async fn compressed_answers_are_decoded_before_metering() {
     for coding in ["gzip", "deflate", "br", "zstd"] {
         let plain = chat_json(1000, 500);
         let body = encode(coding, &plain).await;
-        let s = stub(vec![Step::Send(http(
+        let s = stub(vec![send(http(
             "200 OK",
             &[
                 ("content-type", "application/json"),
@@ -255,7 +162,7 @@ async fn compressed_answers_are_decoded_before_metering() {
 /// A coding the gateway cannot read is an upstream failure: not billed.
 #[tokio::test]
 async fn an_unreadable_coding_is_a_bad_gateway_and_not_billed() {
-    let s = stub(vec![Step::Send(http(
+    let s = stub(vec![send(http(
         "200 OK",
         &[
             ("content-type", "application/json"),
@@ -277,8 +184,8 @@ async fn an_unreadable_coding_is_a_bad_gateway_and_not_billed() {
 #[tokio::test]
 async fn the_request_body_is_edited_by_insertion_only() {
     let s = stub(vec![
-        Step::Send(sse_head()),
-        Step::Send(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n".to_vec()),
+        send(sse_head()),
+        send(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n".to_vec()),
     ])
     .await;
     let g = gateway_on(&s).await;
@@ -297,7 +204,7 @@ async fn the_request_body_is_edited_by_insertion_only() {
 #[tokio::test]
 async fn usage_counts_are_read_one_by_one() {
     // Embeddings with only `total_tokens`: it is the input.
-    let s = stub(vec![Step::Send(http(
+    let s = stub(vec![send(http(
         "200 OK",
         &[("content-type", "application/json")],
         br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-0.2]}],"model":"text-embedding-3-small","usage":{"total_tokens":9}}"#,
@@ -319,7 +226,7 @@ async fn usage_counts_are_read_one_by_one() {
     assert_eq!(spent(&g, &u).await, 180);
 
     // A null count beside others is 0; a negative one is 0.
-    let s = stub(vec![Step::Send(http(
+    let s = stub(vec![send(http(
         "200 OK",
         &[("content-type", "application/json")],
         br#"{"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":40,"completion_tokens":null,"total_tokens":-3}}"#,
@@ -344,9 +251,9 @@ fn tool_call_chunk(args: &str) -> String {
 /// tool-call arguments and no text is billed 300 output tokens.
 #[tokio::test]
 async fn a_dropped_stream_of_tool_calls_is_billed_by_its_arguments() {
-    let mut steps = vec![Step::Send(sse_head())];
+    let mut steps = vec![send(sse_head())];
     for _ in 0..12 {
-        steps.push(Step::Send(tool_call_chunk(&"a".repeat(100)).into_bytes()));
+        steps.push(send(tool_call_chunk(&"a".repeat(100)).into_bytes()));
     }
     steps.push(Step::Hang);
     let s = stub(steps).await;
@@ -386,11 +293,7 @@ async fn sse_events_are_framed_by_the_whatwg_rules() {
         ": keep-alive\r\rdata: {\"choices\":[],\rdata: \"usage\":{\"prompt_tokens\":10,\"completion_tokens\":20}}\r\rdata: [DONE]\r\r",
     ];
     for text in events {
-        let s = stub(vec![
-            Step::Send(sse_head()),
-            Step::Send(text.as_bytes().to_vec()),
-        ])
-        .await;
+        let s = stub(vec![send(sse_head()), send(text.as_bytes().to_vec())]).await;
         let g = gateway_on(&s).await;
         let (u, key) = g.funded("sse@example.com", "1").await;
         let body = json!({"model": "gpt-4o-mini", "stream": true,
@@ -409,8 +312,8 @@ async fn sse_events_are_framed_by_the_whatwg_rules() {
 #[tokio::test]
 async fn in_band_errors_are_not_billed() {
     let s = stub(vec![
-        Step::Send(sse_head()),
-        Step::Send(
+        send(sse_head()),
+        send(
             b"data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n"
                 .to_vec(),
         ),
@@ -440,7 +343,7 @@ async fn in_band_errors_are_not_billed() {
     assert_eq!(spent(&g, &u).await, 0);
     assert_eq!(g.reconcile().await["holds_total"], "0.00");
 
-    let s = stub(vec![Step::Send(http(
+    let s = stub(vec![send(http(
         "200 OK",
         &[("content-type", "application/json")],
         br#"{"error":{"message":"The server had an error","type":"server_error","code":null}}"#,
@@ -462,7 +365,7 @@ async fn in_band_errors_are_not_billed() {
 async fn max_tokens_is_clamped_to_the_model_in_the_hold() {
     let s = stub(vec![
         Step::Sleep(Duration::from_millis(300)),
-        Step::Send(http(
+        send(http(
             "200 OK",
             &[("content-type", "application/json")],
             &chat_json(10, 5),
@@ -494,13 +397,13 @@ async fn a_client_that_leaves_a_non_streamed_call_is_billed_by_its_usage() {
     let whole = [&head[..], &start[..], &end[..]].concat();
     let scripts = [
         // The case as handed: nothing at all before the client leaves.
-        vec![Step::Sleep(Duration::from_millis(2000)), Step::Send(whole)],
+        vec![Step::Sleep(Duration::from_millis(2000)), send(whole)],
         // The client leaves mid-body.
         vec![
             Step::Sleep(Duration::from_millis(100)),
-            Step::Send([&head[..], &start[..]].concat()),
+            send([&head[..], &start[..]].concat()),
             Step::Sleep(Duration::from_millis(1900)),
-            Step::Send(end.to_vec()),
+            send(end.to_vec()),
         ],
     ];
     for script in scripts {
@@ -547,7 +450,7 @@ async fn impossible_counts_are_clamped_to_the_request() {
         let body = format!(
             r#"{{"choices":[{{"message":{{"content":"ok"}}}}],"usage":{{"prompt_tokens":10,"completion_tokens":{completion},"total_tokens":{total}}}}}"#
         );
-        let s = stub(vec![Step::Send(http(
+        let s = stub(vec![send(http(
             "200 OK",
             &[("content-type", "application/json")],
             body.as_bytes(),
@@ -599,7 +502,7 @@ async fn key_id(g: &Gateway, u: &User) -> String {
 /// carries it reaches the upstream.
 #[tokio::test]
 async fn keys_are_taken_from_azure_and_x_api_key_headers_and_never_forwarded() {
-    let s = stub(vec![Step::Send(http(
+    let s = stub(vec![send(http(
         "200 OK",
         &[("content-type", "application/json")],
         &chat_json(5, 5),
@@ -644,7 +547,7 @@ async fn keys_are_taken_from_azure_and_x_api_key_headers_and_never_forwarded() {
 #[tokio::test]
 async fn multimodal_input_is_held_at_the_context_window() {
     // 100,000 prompt tokens: far more than the body's bytes.
-    let s = stub(vec![Step::Send(http(
+    let s = stub(vec![send(http(
         "200 OK",
         &[("content-type", "application/json")],
         &chat_json(100_000, 10),
@@ -688,7 +591,7 @@ async fn large_answers_are_relayed_whole_and_billed() {
     body.extend_from_slice(
         br#"],"model":"text-embedding-3-small","usage":{"prompt_tokens":77,"total_tokens":77}}"#,
     );
-    let s = stub(vec![Step::Send(http(
+    let s = stub(vec![send(http(
         "200 OK",
         &[("content-type", "application/json")],
         &body,
@@ -719,7 +622,7 @@ fn ok_json(body: &[u8]) -> Vec<u8> {
 /// counts, two at a time.
 #[tokio::test]
 async fn prompt_counts_are_bounded_by_the_default_context_window() {
-    let s = stub(vec![Step::Send(ok_json(
+    let s = stub(vec![send(ok_json(
         br#"{"choices":[{"message":{"content":"ok"}}],"usage":{"prompt_tokens":4294967295,"completion_tokens":1,"total_tokens":4294967296}}"#,
     ))])
     .await;
@@ -731,7 +634,7 @@ async fn prompt_counts_are_bounded_by_the_default_context_window() {
     // gpt-4o: 2.50 in, 10.00 out per million: 128,000 x 2,500 + 1 x 10,000.
     assert_eq!(spent(&g, &u).await, 128_000 * 2_500 + 10_000);
 
-    let s = stub(vec![Step::Send(ok_json(
+    let s = stub(vec![send(ok_json(
         br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":18446744073709551615,"total_tokens":18446744073709551615}}"#,
     ))])
     .await;
@@ -752,7 +655,7 @@ async fn prompt_counts_are_bounded_by_the_default_context_window() {
 /// with both limits set the larger bounds the bill.
 #[tokio::test]
 async fn a_zero_output_limit_is_unset_and_the_larger_limit_bounds() {
-    let s = stub(vec![Step::Send(ok_json(&chat_json(10, 1000)))]).await;
+    let s = stub(vec![send(ok_json(&chat_json(10, 1000)))]).await;
     let g = gateway_on(&s).await;
     let (u, key) = g.funded("zero@example.com", "1").await;
     let body = json!({"model": "gpt-4o-mini", "max_completion_tokens": 0, "max_tokens": 1000,
@@ -767,7 +670,7 @@ async fn a_zero_output_limit_is_unset_and_the_larger_limit_bounds() {
 /// object without choices: not billed.
 #[tokio::test]
 async fn an_error_body_with_null_choices_is_not_billed() {
-    let s = stub(vec![Step::Send(ok_json(
+    let s = stub(vec![send(ok_json(
         br#"{"id":"","object":"","created":0,"model":"","choices":null,"error":{"message":"upstream overloaded","type":"server_error"}}"#,
     ))])
     .await;
@@ -789,7 +692,7 @@ async fn a_gzip_answer_in_several_members_is_read_whole() {
     let (a, b) = plain.split_at(40);
     let mut body = encode("gzip", a).await;
     body.extend(encode("gzip", b).await);
-    let s = stub(vec![Step::Send(http(
+    let s = stub(vec![send(http(
         "200 OK",
         &[
             ("content-type", "application/json"),
@@ -812,7 +715,7 @@ async fn a_gzip_answer_in_several_members_is_read_whole() {
 async fn a_stream_cancelled_before_the_answer_bills_the_prompt() {
     let s = stub(vec![
         Step::Sleep(Duration::from_millis(1500)),
-        Step::Send(sse_head()),
+        send(sse_head()),
     ])
     .await;
     let g = gateway_on(&s).await;
@@ -834,7 +737,7 @@ async fn a_stream_cancelled_before_the_answer_bills_the_prompt() {
 /// bound cannot hold is billed as input, not dropped.
 #[tokio::test]
 async fn a_total_only_count_keeps_what_the_output_bound_cannot_hold() {
-    let s = stub(vec![Step::Send(ok_json(
+    let s = stub(vec![send(ok_json(
         br#"{"choices":[{"message":{"content":"ok"}}],"usage":{"total_tokens":2000}}"#,
     ))])
     .await;
@@ -851,7 +754,7 @@ async fn a_total_only_count_keeps_what_the_output_bound_cannot_hold() {
 /// non-text input: held at the context window, so B6 holds.
 #[tokio::test]
 async fn an_audio_turn_is_held_at_the_context_window() {
-    let s = stub(vec![Step::Send(ok_json(&chat_json(100_000, 10)))]).await;
+    let s = stub(vec![send(ok_json(&chat_json(100_000, 10)))]).await;
     let g = gateway_on(&s).await;
     let (u, key) = g.funded("audio@example.com", "0.20").await;
     let body = json!({"model": "gpt-4o-mini", "max_tokens": 10, "messages": [

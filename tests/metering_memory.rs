@@ -11,6 +11,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/stub.rs"]
+mod stub;
 
 use std::time::{Duration, Instant};
 
@@ -18,74 +20,12 @@ use bytes::Bytes;
 use common::*;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use stub::{stub, Step};
 use tokio::sync::Mutex;
 
 /// One test at a time: the memory test's measure must not see another
 /// test's gateway (or its Argon2 hashing, ~19 MiB a sign-up).
 static SERIAL: Mutex<()> = Mutex::const_new(());
-
-/// One step of a scripted answer.
-#[derive(Clone)]
-enum Step {
-    Send(Bytes),
-    Sleep(Duration),
-    /// Keep the connection open without a word (until the test ends).
-    Hang,
-}
-
-/// A scripted upstream on port 0: every connection reads one request
-/// (head and `content-length` body, discarded) and plays the steps.
-async fn stub(steps: Vec<Step>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(answer(tcp, steps.clone()));
-        }
-    });
-    url
-}
-
-async fn answer(mut tcp: TcpStream, steps: Vec<Step>) {
-    let mut req = Vec::new();
-    let mut buf = [0u8; 16384];
-    let body_len = loop {
-        let n = tcp.read(&mut buf).await.unwrap_or(0);
-        if n == 0 {
-            return;
-        }
-        req.extend_from_slice(&buf[..n]);
-        if let Some(at) = req.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&req[..at]).to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-            break at + 4 + len;
-        }
-    };
-    while req.len() < body_len {
-        let n = tcp.read(&mut buf).await.unwrap_or(0);
-        if n == 0 {
-            return;
-        }
-        req.extend_from_slice(&buf[..n]);
-    }
-    for step in steps {
-        match step {
-            Step::Send(bytes) => {
-                if tcp.write_all(&bytes).await.is_err() {
-                    return;
-                }
-            }
-            Step::Sleep(d) => tokio::time::sleep(d).await,
-            Step::Hang => std::future::pending::<()>().await,
-        }
-    }
-    let _ = tcp.shutdown().await;
-}
 
 /// The head of a 200 JSON answer of `len` bytes.
 fn json_head(len: usize) -> Bytes {
@@ -202,7 +142,7 @@ async fn a_68_mb_answer_is_relayed_and_billed_in_bounded_memory() {
     const GROWTH_BOUND: u64 = 24 << 20;
     let body = embeddings_answer(2048, 3072, 2048);
     assert!(body.len() > 60_000_000, "{} bytes", body.len());
-    let url = stub(trickled(&body, 1000, Duration::ZERO)).await;
+    let url = stub(trickled(&body, 1000, Duration::ZERO)).await.url;
     let g = spawn_gateway_with(|c| c.upstream_url = url).await;
     let (u, key) = g.funded("huge@example.com", "1").await;
 
@@ -264,7 +204,9 @@ const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content
 async fn a_slow_answer_within_the_read_timeout_passes_and_is_billed() {
     let _serial = SERIAL.lock().await;
     let body = chat_answer();
-    let url = stub(trickled(&body, 20, Duration::from_millis(50))).await;
+    let url = stub(trickled(&body, 20, Duration::from_millis(50)))
+        .await
+        .url;
     let g = spawn_gateway_with(|c| {
         c.upstream_url = url;
         c.upstream_read_timeout = Duration::from_millis(300);
@@ -303,7 +245,7 @@ async fn an_answer_stalled_past_the_read_timeout_is_cut_and_not_billed() {
         Step::Send(body.slice(60..)),
         Step::Hang,
     ];
-    let url = stub(steps).await;
+    let url = stub(steps).await.url;
     let g = spawn_gateway_with(|c| {
         c.upstream_url = url;
         c.upstream_read_timeout = Duration::from_millis(300);
