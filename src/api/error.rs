@@ -21,6 +21,10 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("the request body is not valid JSON: {0}")]
     BadJson(String),
+    #[error("the request body must be sent as application/json")]
+    UnsupportedMediaType,
+    #[error("the request body repeats a member name: {0}")]
+    DuplicateMember(String),
     #[error("{1}")]
     Invalid(&'static str, String),
     #[error("the request body is too large")]
@@ -49,6 +53,8 @@ impl ApiError {
             ApiError::NotFound => (S::NOT_FOUND, "not_found"),
             ApiError::Forbidden(_) => (S::FORBIDDEN, "forbidden"),
             ApiError::BadJson(_) => (S::BAD_REQUEST, "invalid_json"),
+            ApiError::UnsupportedMediaType => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::DuplicateMember(_) => (S::UNPROCESSABLE_ENTITY, "invalid_json"),
             ApiError::Invalid(code, _) => (S::UNPROCESSABLE_ENTITY, code),
             ApiError::TooLarge => (S::PAYLOAD_TOO_LARGE, "request_too_large"),
             ApiError::MissingIdempotencyKey => (S::BAD_REQUEST, "missing_idempotency_key"),

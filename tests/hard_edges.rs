@@ -1,0 +1,129 @@
+//! Issue 13's hard edges on the management API, through real sockets: S3
+//! (JSON bodies only, no repeated member names), T2/K1a names, L3 leavers'
+//! assigned keys, S1 bounded password checks.
+
+// Tests may panic on unexpected errors: that is how they fail.
+#![allow(clippy::unwrap_used)]
+
+#[path = "common/calls.rs"]
+mod calls;
+mod common;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use calls::{error_code, post_as, send};
+use common::{spawn_gateway, OPERATOR};
+
+/// A raw body POSTed as `bearer` with `content_type`.
+async fn post_raw(
+    api: &common::Api,
+    path: &str,
+    bearer: &str,
+    content_type: &str,
+    body: String,
+) -> reqwest::Response {
+    send(
+        post_as(api, path, bearer)
+            .header("content-type", content_type)
+            .header("Idempotency-Key", tollgate::ids::new_id("idem"))
+            .body(body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_deposit_naming_amount_twice_is_refused_and_changes_nothing() {
+    let g = spawn_gateway().await;
+    let u = g.user("dup@example.com").await;
+    let body = format!(
+        r#"{{"user_id":"{}","amount":"1.00","kind":"stripe","amount":"900.00"}}"#,
+        u.id
+    );
+    let before = (g.balance(&u).await, g.reconcile().await);
+    let r = post_raw(
+        &g,
+        "/api/admin/deposits",
+        OPERATOR,
+        "application/json",
+        body,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error_code(r).await, "invalid_json");
+    assert_eq!((g.balance(&u).await, g.reconcile().await), before);
+}
+
+#[tokio::test]
+async fn repeated_names_are_refused_at_any_depth() {
+    let g = spawn_gateway().await;
+    let u = g.user("nested@example.com").await;
+    let bodies = [
+        r#"{"name":"a","name":"b"}"#,
+        r#"{"name":"a","x":{"y":1,"y":2}}"#,
+        r#"{"name":"a","x":[{"y":1},{"z":[{"q":1,"q":1}]}]}"#,
+        r#"{"name":"a","\u006eame":"b"}"#,
+    ];
+    for body in bodies {
+        let r = post_raw(&g, "/api/teams", &u.token, "application/json", body.into()).await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(error_code(r).await, "invalid_json", "{body}");
+    }
+    // An unknown member that is not repeated keeps its old answer.
+    let r = post_raw(
+        &g,
+        "/api/teams",
+        &u.token,
+        "application/json",
+        r#"{"name":"a","x":{"y":1}}"#.into(),
+    )
+    .await;
+    assert_eq!(error_code(r).await, "invalid_request");
+    // Not JSON at all keeps its old 400.
+    let r = post_raw(
+        &g,
+        "/api/teams",
+        &u.token,
+        "application/json",
+        "{nope".into(),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let me: Value = g.me(&u).await;
+    assert_eq!(me["teams"], json!([]));
+}
+
+#[tokio::test]
+async fn only_json_bodies_are_read() {
+    let g = spawn_gateway().await;
+    let u = g.user("ctype@example.com").await;
+    let body = || json!({"name": "Ops"}).to_string();
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/json; charset=latin1",
+        "",
+    ] {
+        let r = post_raw(&g, "/api/teams", &u.token, ct, body()).await;
+        assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct:?}");
+        assert_eq!(error_code(r).await, "unsupported_media_type", "{ct:?}");
+    }
+    let creds = json!({"email": "ctype2@example.com", "password": "password123"}).to_string();
+    let r = send(
+        g.http
+            .post(format!("{}/api/users", g.url))
+            .header("content-type", "text/plain")
+            .body(creds.clone()),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = send(
+        g.http
+            .post(format!("{}/api/users", g.url))
+            .header("content-type", "Application/JSON; charset=UTF-8")
+            .body(creds),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(g.me(&u).await["teams"], json!([]));
+}
