@@ -127,3 +127,41 @@ async fn only_json_bodies_are_read() {
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(g.me(&u).await["teams"], json!([]));
 }
+
+#[tokio::test]
+async fn names_need_a_visible_character_and_no_bidi_controls() {
+    let g = spawn_gateway().await;
+    let u = g.user("names@example.com").await;
+    let refused = [
+        "\u{200B}\u{200C}\u{200D}",
+        " \u{2060}\u{FEFF} ",
+        "Ops\u{202E}gpj.exe",
+        "a\u{2066}b",
+    ];
+    for name in refused {
+        for path in ["/api/teams", "/api/keys"] {
+            let r = g.post(path, Some(&u.token), &json!({"name": name})).await;
+            assert_eq!(
+                r.status(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{path} {name:?}"
+            );
+            assert_eq!(error_code(r).await, "invalid_name", "{path} {name:?}");
+        }
+    }
+    let r = g
+        .post("/api/keys", Some(&u.token), &json!({"name": "laptop 🔑"}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = g
+        .post("/api/teams", Some(&u.token), &json!({"name": " Ops 🚀 "}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let team = r.json::<Value>().await.unwrap();
+    assert_eq!(team["name"], "Ops 🚀");
+    let path = format!("/api/teams/{}/keys", team["id"].as_str().unwrap());
+    let r = g
+        .post(&path, Some(&u.token), &json!({"name": "\u{200B}"}))
+        .await;
+    assert_eq!(error_code(r).await, "invalid_name");
+}

@@ -227,14 +227,9 @@ pub fn valid_email(email: &str) -> bool {
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// Key names: trimmed, 1 to 64 characters, no control characters.
+/// Key names (K1a): as team names (T2, names.rs), up to 64 characters.
 pub fn valid_key_name(name: &str) -> Result<String, AccountError> {
-    let name = name.trim();
-    let n = name.chars().count();
-    if n == 0 || n > 64 || name.chars().any(char::is_control) {
-        return Err(AccountError::InvalidName);
-    }
-    Ok(name.to_string())
+    super::names::valid_name(name, 64).ok_or(AccountError::InvalidName)
 }
 
 fn hash_password(password: &str) -> Option<String> {
