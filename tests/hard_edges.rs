@@ -12,7 +12,7 @@ mod common;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use calls::{error_code, post_as, send};
+use calls::{chat_status, error_code, post_as, send};
 use common::{spawn_gateway, OPERATOR};
 
 /// A raw body POSTed as `bearer` with `content_type`.
@@ -164,4 +164,33 @@ async fn names_need_a_visible_character_and_no_bidi_controls() {
         .post(&path, Some(&u.token), &json!({"name": "\u{200B}"}))
         .await;
     assert_eq!(error_code(r).await, "invalid_name");
+}
+
+#[tokio::test]
+async fn a_team_key_assigned_to_a_leaver_or_a_removed_member_stops() {
+    let g = spawn_gateway().await;
+    let (owner, _) = g.funded("owner@example.com", "10").await;
+    let team = g.team(&owner, "T").await;
+    let stays = g.user("stays@example.com").await;
+    g.join(&team, &owner, &stays, "member").await;
+    let (_, kept) = g.team_key(&team, &owner, Some(&stays.id)).await;
+    for (email, by_self) in [("leaver@example.com", true), ("removed@example.com", false)] {
+        let m = g.user(email).await;
+        g.join(&team, &owner, &m, "member").await;
+        let (_, assigned) = g.team_key(&team, &owner, Some(&m.id)).await;
+        assert_eq!(chat_status(&g, &assigned, &[]).await, StatusCode::OK);
+        let by = if by_self { &m.token } else { &owner.token };
+        let path = format!("/api/teams/{team}/members/{}", m.id);
+        assert_eq!(
+            g.delete(&path, Some(by)).await.status(),
+            StatusCode::NO_CONTENT
+        );
+        let r = g
+            .chat(&assigned, &common::chat_body("gpt-4o-mini"), &[])
+            .await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{email}");
+        assert_eq!(error_code(r).await, "invalid_api_key", "{email}");
+    }
+    // A key assigned to someone who stayed is untouched.
+    assert_eq!(chat_status(&g, &kept, &[]).await, StatusCode::OK);
 }
