@@ -194,3 +194,51 @@ async fn a_team_key_assigned_to_a_leaver_or_a_removed_member_stops() {
     // A key assigned to someone who stayed is untouched.
     assert_eq!(chat_status(&g, &kept, &[]).await, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_failed_logins_is_bounded_and_a_right_one_works_after() {
+    let g = spawn_gateway().await;
+    g.user("victim@example.com").await;
+    let mut calls = Vec::new();
+    for i in 0..150 {
+        let (http, url) = (g.http.clone(), g.url.clone());
+        let email = if i % 2 == 0 {
+            "victim@example.com".to_string()
+        } else {
+            format!("nobody{i}@example.com")
+        };
+        calls.push(tokio::spawn(async move {
+            let body = json!({"email": email, "password": "wrong-password"});
+            let r = http
+                .post(format!("{url}/api/sessions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            (status, error_code(r).await)
+        }));
+    }
+    let (mut refused, mut overloaded) = (0, 0);
+    for c in calls {
+        match c.await.unwrap() {
+            (StatusCode::UNAUTHORIZED, code) => {
+                assert_eq!(code, "invalid_credentials");
+                refused += 1;
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, code) => {
+                assert_eq!(code, "overloaded");
+                overloaded += 1;
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(refused + overloaded, 150);
+    eprintln!("{refused} refused as wrong, {overloaded} as overloaded");
+    // 150 at once outnumber the cores plus the queue (S1): some are refused
+    // unchecked rather than each holding an Argon2 buffer.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let capacity = cores + tollgate::accounts::password_pool::MAX_WAITING;
+    assert!(overloaded > 0 || capacity >= 150, "capacity {capacity}");
+    g.log_in("victim@example.com").await;
+}

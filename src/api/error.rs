@@ -79,6 +79,7 @@ fn account_parts(e: &AccountError) -> (StatusCode, &'static str) {
         AccountError::InvalidName => (S::UNPROCESSABLE_ENTITY, "invalid_name"),
         AccountError::PersonalKeysArchived => (S::CONFLICT, "personal_keys_archived"),
         AccountError::NotFound => (S::NOT_FOUND, "not_found"),
+        AccountError::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
         AccountError::Store(e) => store_parts(e),
     }
 }
@@ -140,6 +141,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
         let message = match (&self, status.is_server_error()) {
+            // A full password queue is load, not a fault: say so plainly.
+            (ApiError::Account(AccountError::Overloaded), _) => self.to_string(),
             // Internal details go to the log, not to the caller.
             (_, true) => {
                 tracing::error!(error = %self, "management call failed");
