@@ -105,6 +105,8 @@ struct MKey {
     team_owner: Option<usize>,
     team_id: Option<String>,
     creator: usize,
+    /// The member a team key is assigned to (the creator for personal keys).
+    assignee: usize,
     deleted: bool,
 }
 
@@ -136,7 +138,9 @@ impl Model {
         let team_id = self.teams[&owner].id.clone();
         self.teams.get_mut(&owner).unwrap().members.remove(&user);
         for k in &mut self.keys {
-            if k.team_id.as_deref() == Some(team_id.as_str()) && k.creator == user {
+            // L3 as amended: the keys the leaver created or is assigned.
+            let theirs = k.creator == user || k.assignee == user;
+            if k.team_id.as_deref() == Some(team_id.as_str()) && theirs {
                 k.deleted = true;
             }
         }
@@ -156,6 +160,7 @@ async fn run(ops: Vec<Op>) {
             team_owner: None,
             team_id: None,
             creator: i,
+            assignee: i,
             deleted: false,
         });
         users.push(u);
@@ -338,6 +343,7 @@ async fn run(ops: Vec<Op>) {
                         team_owner: Some(owner),
                         team_id: Some(t.id.clone()),
                         creator: by,
+                        assignee: assign,
                         deleted: false,
                     });
                 }

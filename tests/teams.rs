@@ -160,8 +160,8 @@ async fn join_moves_paid_leave_keeps_it_and_restores_personal_keys() {
     );
     g.deposit(&b, "1", "stripe").await;
     assert_eq!(chat_status(&g, &b_key, &[]).await, StatusCode::OK);
-    // Assigned to B by A: keeps working after B left.
-    assert_eq!(chat_status(&g, &tk, &[]).await, StatusCode::OK);
+    // Assigned to B by A: deleted with B's leaving (L3 as amended).
+    assert_eq!(chat_status(&g, &tk, &[]).await, StatusCode::UNAUTHORIZED);
     // The team is gone for B (404, not 403).
     assert_eq!(
         g.get(&format!("/api/teams/{team}"), Some(&b.token))
@@ -173,7 +173,7 @@ async fn join_moves_paid_leave_keeps_it_and_restores_personal_keys() {
 }
 
 #[tokio::test]
-async fn team_keys_a_leaver_created_stop_on_the_next_request() {
+async fn team_keys_a_leaver_created_or_was_assigned_stop_on_the_next_request() {
     let g = spawn_gateway().await;
     let (a, _) = g.funded("a@example.com", "10").await;
     let team = g.team(&a, "T").await;
@@ -191,9 +191,12 @@ async fn team_keys_a_leaver_created_stop_on_the_next_request() {
         )
         .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = g.chat(&made_by_b, &chat_body("gpt-4o-mini"), &[]).await;
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(chat_status(&g, &made_by_a_for_b, &[]).await, StatusCode::OK);
+    // L3 as amended: the key the Owner assigned to B goes too, not only
+    // the one B created.
+    for k in [&made_by_b, &made_by_a_for_b] {
+        let r = g.chat(k, &chat_body("gpt-4o-mini"), &[]).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
 }
 
 #[tokio::test]

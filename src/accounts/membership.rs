@@ -120,11 +120,13 @@ impl Teams {
         Ok(())
     }
 
-    /// L3: the leaver's team keys are deleted, their money stays, their
-    /// personal keys come back if they now belong to no team.
+    /// L3: every team key the leaver created or is assigned is deleted
+    /// (and so refused on the proxy from the next request, K5), their money
+    /// stays, their personal keys come back if they now belong to no team.
     pub(super) async fn leave(&self, team_id: &str, user_id: &str) -> Result<()> {
         for key in self.store.team_keys(team_id).await? {
-            if key.created_by == user_id && key.status != KeyStatus::Deleted {
+            let theirs = key.created_by == user_id || key.member_id == user_id;
+            if theirs && key.status != KeyStatus::Deleted {
                 self.set_key_status(&key, KeyStatus::Deleted).await?;
             }
         }

@@ -6,6 +6,8 @@
 //!
 //! - `users`: sign-up, login, sessions, personal keys (`Accounts`).
 //! - `rules`: the role table as pure functions.
+//! - `names`: what a team or key name may be (T2, K1a).
+//! - `password_pool`: Argon2 checks bounded by cores and a queue (S1).
 //! - `teams`: `Teams`, the team lifecycle (create, members, roles, leave,
 //!   delete) and `TeamError`; the handle every team call goes through.
 //! - `membership`: the membership change each money transfer applies
@@ -16,6 +18,8 @@
 
 pub mod invites;
 pub mod membership;
+pub mod names;
+pub mod password_pool;
 pub mod reports;
 pub mod rules;
 pub mod team_keys;

@@ -424,14 +424,10 @@ impl Teams {
     }
 }
 
-/// T2: trimmed, 1 to 48 Unicode scalar values, no control characters.
+/// T2: trimmed, 1 to 48 Unicode scalar values, no control or bidi
+/// override characters, at least one visible character (names.rs).
 pub fn valid_team_name(name: &str) -> Result<String> {
-    let name = name.trim();
-    let n = name.chars().count();
-    if n == 0 || n > MAX_TEAM_NAME || name.chars().any(char::is_control) {
-        return Err(TeamError::InvalidName);
-    }
-    Ok(name.to_string())
+    super::names::valid_name(name, MAX_TEAM_NAME).ok_or(TeamError::InvalidName)
 }
 
 pub fn role_name(role: Role) -> &'static str {
@@ -454,5 +450,7 @@ mod tests {
         assert!(valid_team_name("   ").is_err());
         assert!(valid_team_name("a\u{7}b").is_err());
         assert!(valid_team_name("tab\tname").is_err());
+        assert!(valid_team_name("\u{200B}\u{200B}").is_err());
+        assert!(valid_team_name("Ops\u{202E}").is_err());
     }
 }

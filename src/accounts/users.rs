@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use crate::clock::Clock;
 use rand::rngs::OsRng;
 
+use super::password_pool::{PasswordPool, PoolError};
 use super::Teams;
 use crate::auth::{keys, KeyCache, KeyOwner, NewKey};
 use crate::ids;
@@ -34,8 +35,19 @@ pub enum AccountError {
     PersonalKeysArchived,
     #[error("not found")]
     NotFound,
+    #[error("too many password checks are waiting; try again shortly")]
+    Overloaded,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<PoolError> for AccountError {
+    fn from(e: PoolError) -> AccountError {
+        match e {
+            PoolError::Overloaded => AccountError::Overloaded,
+            PoolError::Failed => StoreError::Unavailable("password task failed".into()).into(),
+        }
+    }
 }
 
 /// Password length bounds: at least 8 (API.md), at most 1024 so a huge
@@ -50,6 +62,8 @@ pub struct Accounts {
     /// Verified against when an email is unknown, so a wrong email costs
     /// the same time as a wrong password (no account enumeration).
     dummy_hash: String,
+    /// Every Argon2 hash and check runs here (S1).
+    passwords: PasswordPool,
 }
 
 /// A personal or team key as listings show it (K1): never the secret.
@@ -63,6 +77,7 @@ impl Accounts {
             clock,
             session_ttl,
             dummy_hash,
+            passwords: PasswordPool::per_core(),
         }
     }
 
@@ -80,9 +95,10 @@ impl Accounts {
             return Err(AccountError::EmailTaken);
         }
         let password = password.to_string();
-        let password_hash = tokio::task::spawn_blocking(move || hash_password(&password))
-            .await
-            .map_err(|_| StoreError::Unavailable("hashing task failed".into()))?
+        let password_hash = self
+            .passwords
+            .run(move || hash_password(&password))
+            .await?
             .ok_or_else(|| StoreError::Unavailable("hashing failed".into()))?;
         let user = UserRecord {
             id: ids::new_id("usr"),
@@ -116,9 +132,15 @@ impl Accounts {
             .map(|u| u.password_hash.clone())
             .unwrap_or_else(|| self.dummy_hash.clone());
         let password = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        let ok = match self
+            .passwords
+            .run(move || verify_password(&password, &hash))
             .await
-            .unwrap_or(false);
+        {
+            Ok(ok) => ok,
+            Err(PoolError::Overloaded) => return Err(AccountError::Overloaded),
+            Err(PoolError::Failed) => false,
+        };
         let user = match (ok, user) {
             (true, Some(u)) => u,
             _ => return Err(AccountError::BadCredentials),
@@ -227,14 +249,9 @@ pub fn valid_email(email: &str) -> bool {
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// Key names: trimmed, 1 to 64 characters, no control characters.
+/// Key names (K1a): as team names (T2, names.rs), up to 64 characters.
 pub fn valid_key_name(name: &str) -> Result<String, AccountError> {
-    let name = name.trim();
-    let n = name.chars().count();
-    if n == 0 || n > 64 || name.chars().any(char::is_control) {
-        return Err(AccountError::InvalidName);
-    }
-    Ok(name.to_string())
+    super::names::valid_name(name, 64).ok_or(AccountError::InvalidName)
 }
 
 fn hash_password(password: &str) -> Option<String> {

@@ -21,6 +21,10 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("the request body is not valid JSON: {0}")]
     BadJson(String),
+    #[error("the request body must be sent as application/json")]
+    UnsupportedMediaType,
+    #[error("the request body repeats a member name: {0}")]
+    DuplicateMember(String),
     #[error("{1}")]
     Invalid(&'static str, String),
     #[error("the request body is too large")]
@@ -49,6 +53,8 @@ impl ApiError {
             ApiError::NotFound => (S::NOT_FOUND, "not_found"),
             ApiError::Forbidden(_) => (S::FORBIDDEN, "forbidden"),
             ApiError::BadJson(_) => (S::BAD_REQUEST, "invalid_json"),
+            ApiError::UnsupportedMediaType => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::DuplicateMember(_) => (S::UNPROCESSABLE_ENTITY, "invalid_json"),
             ApiError::Invalid(code, _) => (S::UNPROCESSABLE_ENTITY, code),
             ApiError::TooLarge => (S::PAYLOAD_TOO_LARGE, "request_too_large"),
             ApiError::MissingIdempotencyKey => (S::BAD_REQUEST, "missing_idempotency_key"),
@@ -73,6 +79,7 @@ fn account_parts(e: &AccountError) -> (StatusCode, &'static str) {
         AccountError::InvalidName => (S::UNPROCESSABLE_ENTITY, "invalid_name"),
         AccountError::PersonalKeysArchived => (S::CONFLICT, "personal_keys_archived"),
         AccountError::NotFound => (S::NOT_FOUND, "not_found"),
+        AccountError::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
         AccountError::Store(e) => store_parts(e),
     }
 }
@@ -134,6 +141,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
         let message = match (&self, status.is_server_error()) {
+            // A full password queue is load, not a fault: say so plainly.
+            (ApiError::Account(AccountError::Overloaded), _) => self.to_string(),
             // Internal details go to the log, not to the caller.
             (_, true) => {
                 tracing::error!(error = %self, "management call failed");

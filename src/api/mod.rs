@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod strict;
 pub mod teams;
 pub mod usage;
 pub mod users;
@@ -74,19 +75,23 @@ pub fn router() -> Router<Arc<App>> {
         )
 }
 
-/// A JSON body: 400 when it is not JSON, 422 when it is JSON of the wrong
-/// shape (an unknown field included: no mass assignment, A4), 413 when big.
+/// A JSON body, the one extractor of every management handler that takes
+/// one: 415 unless sent as `application/json`, 400 when it is not JSON, 422
+/// when an object repeats a member name (S3) or the JSON has the wrong shape
+/// (an unknown field included: no mass assignment, A4), 413 when big.
 pub struct Body<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        strict::check_content_type(req.headers())?;
         let bytes = match Limited::new(req.into_body(), MAX_API_BODY).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(ApiError::TooLarge),
             Err(_) => return Err(ApiError::BadJson("the body could not be read".into())),
         };
+        strict::check_no_duplicates(&bytes)?;
         parse_json(&bytes).map(Body)
     }
 }
