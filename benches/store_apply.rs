@@ -60,6 +60,7 @@ fn main() {
                 batch_id: format!("user:bench:{b}"),
                 wallet_id: "user:bench".into(),
                 entries,
+                seq: None,
             };
             let t = Instant::now();
             store.apply(&batch).await.expect("apply");

@@ -4,7 +4,7 @@
 //! awaits on shutdown so no task outlives the server unseen.
 
 use std::future::Future;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -16,6 +16,7 @@ use crate::auth::KeyCache;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::ids::RequestIds;
+use crate::ledger_db::{export::Exporter, LedgerDb, LedgerDbError};
 use crate::mailer::Mailer;
 use crate::pricing::Pricing;
 use crate::proxy::upstream::Upstream;
@@ -45,6 +46,17 @@ pub struct App {
     pub tasks: TaskTracker,
     /// Cancelled by `server::run` on shutdown: the background loops exit.
     pub shutdown: CancellationToken,
+    /// The ledger database, connected by `boot` when `ledger_url` is set.
+    pub ledger_db: OnceLock<Arc<LedgerDb>>,
+}
+
+/// Why `boot` could not get the gateway ready.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("recovery failed: {0}")]
+    Recovery(#[from] TeamError),
+    #[error("{0}")]
+    Ledger(#[from] LedgerDbError),
 }
 
 impl App {
@@ -97,6 +109,7 @@ impl App {
             locks: KeyedLocks::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            ledger_db: OnceLock::new(),
             store,
             config,
         }
@@ -104,7 +117,8 @@ impl App {
 
     /// Work done once before serving: finish interrupted transfers, follow
     /// other instances' changes, retry undelivered mail.
-    pub async fn boot(self: &Arc<Self>) -> Result<(), TeamError> {
+    pub async fn boot(self: &Arc<Self>) -> Result<(), BootError> {
+        self.open_ledger().await?;
         let finished = self.teams.recover().await?;
         if finished > 0 {
             tracing::warn!(finished, "finished transfers interrupted by the last stop");
@@ -122,6 +136,31 @@ impl App {
             Duration::from_secs(30),
         ));
         self.spawn_usage_pruning();
+        Ok(())
+    }
+
+    /// G2: connect the ledger database and start the exporter; G3 without
+    /// one: say what is kept, and for how long.
+    async fn open_ledger(self: &Arc<Self>) -> Result<(), LedgerDbError> {
+        let ledger = &self.config.ledger;
+        let Some(url) = &ledger.url else {
+            tracing::warn!(
+                retention_days = ledger.retention_days,
+                memory_entries = ledger.memory_entries,
+                "no ledger_url: per-request records and ledger entries are kept in the store \
+                 for {} days only (the memory store: the newest {}), then dropped; balances, \
+                 usage statistics and reconciliation stay exact (G3)",
+                ledger.retention_days,
+                ledger.memory_entries
+            );
+            return Ok(());
+        };
+        let db = Arc::new(LedgerDb::connect(&url.0).await?);
+        tracing::info!("ledger database connected; exporting ledger entries to it (G2)");
+        self.teams.use_ledger_db(db.clone());
+        let exporter = Exporter::new(self.store.clone(), db.clone());
+        self.tasks.spawn(exporter.run(self.shutdown.clone()));
+        let _ = self.ledger_db.set(db);
         Ok(())
     }
 
@@ -179,7 +218,8 @@ impl App {
         });
     }
 
-    /// Usage buckets older than 90 days go, now and daily.
+    /// Usage buckets older than 90 days go, now and hourly; so do ledger
+    /// entries past `ledger_retention_days` (G3).
     fn spawn_usage_pruning(self: &Arc<Self>) {
         let app: Weak<App> = Arc::downgrade(self);
         let shutdown = self.shutdown.clone();
@@ -190,6 +230,18 @@ impl App {
                     - chrono::Duration::days(i64::from(crate::usage::MAX_DAYS));
                 if let Err(e) = a.store.prune_usage(before).await {
                     tracing::warn!(error = %e, "usage pruning failed");
+                }
+                // G3: ledger entries past retention (kept only without a
+                // ledger database), and expired batch ids.
+                let days = i64::from(a.config.ledger.retention_days);
+                match a
+                    .store
+                    .prune_ledger(a.clock.now() - chrono::Duration::days(days))
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(dropped = n, "ledger entries past retention dropped"),
+                    Err(e) => tracing::warn!(error = %e, "ledger pruning failed"),
                 }
                 drop(a);
                 if sleep_or_shutdown(Duration::from_secs(3600), &shutdown).await {

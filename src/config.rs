@@ -78,6 +78,11 @@ struct RawConfig {
     log_format: Option<String>,
     mailer_webhook_url: Option<String>,
     team_close_wait_ms: Option<u64>,
+    ledger_url: Option<String>,
+    ledger_retention_days: Option<u64>,
+    batch_id_ttl_s: Option<u64>,
+    memory_ledger_entries: Option<u64>,
+    ledger_backlog_max: Option<u64>,
 }
 
 /// Which store backs the gateway. Exactly one, never a silent fallback.
@@ -134,6 +139,39 @@ pub struct Config {
     pub mailer_webhook_url: Option<String>,
     /// How long team deletion waits for in-flight requests (D1).
     pub team_close_wait: Duration,
+    /// Where the ledger and per-request records live (G1-G3).
+    pub ledger: LedgerConfig,
+}
+
+/// The ledger database and what the store keeps without one (G1-G3).
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// `ledger_url`: a `postgres://` URL (may carry a password: never
+    /// printed); none keeps entries in the store for `retention_days`.
+    pub url: Option<Secret>,
+    /// `ledger_retention_days` (7): without a ledger database, per-request
+    /// records and ledger entries older than this are dropped (G3).
+    pub retention_days: u32,
+    /// `batch_id_ttl_s` (86,400): how long a batch id is remembered (G1).
+    pub batch_id_ttl: Duration,
+    /// `memory_ledger_entries` (100,000): the memory store's ring (G3).
+    pub memory_entries: usize,
+    /// `ledger_backlog_max` (1,000,000): entries one wallet's export queue
+    /// may hold while PostgreSQL is away; past it the wallet refuses new
+    /// holds (503) until the exporter catches up (G2).
+    pub backlog_max: u64,
+}
+
+impl LedgerConfig {
+    /// What the store is told to do with ledger entries.
+    pub fn policy(&self) -> crate::store::LedgerPolicy {
+        crate::store::LedgerPolicy {
+            export: self.url.is_some(),
+            batch_id_ttl: self.batch_id_ttl,
+            backlog_max: self.backlog_max,
+            memory_entries: self.memory_entries,
+        }
+    }
 }
 
 impl Default for Config {
@@ -166,13 +204,14 @@ impl Config {
 
     fn from_raw(raw: RawConfig, env: &dyn Env, origin: &str) -> Result<Config, ConfigError> {
         let s = Settings { env, origin };
+        let ledger = s.ledger(&raw)?;
         let listen: SocketAddr = s.parsed("listen", raw.listen, "127.0.0.1:8080")?;
         let store = s.store(raw.store)?;
         let suspend_threshold = s.amount("suspend_threshold", raw.suspend_threshold, "0.05")?;
         let public_url = s
             .text("public_url", raw.public_url)
             .unwrap_or_else(|| format!("http://{listen}"));
-        let log_format = s.log_format(raw.log_format)?;
+        let log_format = s.log_format(raw.log_format.clone())?;
         let upstream_url = s.upstream_url(raw.upstream_url)?;
         let ms = |key, v: Option<u64>, d| s.parsed::<u64>(key, v.map(|v| v.to_string()), d);
         let millis = |key, v, d| ms(key, v, d).map(Duration::from_millis);
@@ -241,6 +280,7 @@ impl Config {
                 .text("mailer_webhook_url", raw.mailer_webhook_url)
                 .filter(|u| !u.is_empty()),
             team_close_wait: millis("team_close_wait_ms", raw.team_close_wait_ms, "60000")?,
+            ledger,
         })
     }
 }
@@ -287,6 +327,37 @@ impl Settings<'_> {
         } else {
             Err(self.invalid("store", "must be `memory` or a redis:// URL"))
         }
+    }
+
+    /// The `ledger_*` keys (G1-G3).
+    fn ledger(&self, raw: &RawConfig) -> Result<LedgerConfig, ConfigError> {
+        let n = |key, v: Option<u64>, d| self.parsed::<u64>(key, v.map(|v| v.to_string()), d);
+        let url = self
+            .text("ledger_url", raw.ledger_url.clone())
+            .filter(|u| !u.is_empty());
+        if let Some(u) = &url {
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                return Err(self.invalid("ledger_url", "must be a postgres:// URL"));
+            }
+        }
+        let retention = n("ledger_retention_days", raw.ledger_retention_days, "7")?;
+        let retention_days = u32::try_from(retention)
+            .ok()
+            .filter(|d| (1..=36_500).contains(d))
+            .ok_or_else(|| self.invalid("ledger_retention_days", "must be 1 to 36500"))?;
+        let ttl = n("batch_id_ttl_s", raw.batch_id_ttl_s, "86400")?;
+        if ttl == 0 {
+            return Err(self.invalid("batch_id_ttl_s", "must be at least 1"));
+        }
+        let entries = n("memory_ledger_entries", raw.memory_ledger_entries, "100000")?;
+        let backlog_max = n("ledger_backlog_max", raw.ledger_backlog_max, "1000000")?.max(1);
+        Ok(LedgerConfig {
+            url: url.map(Secret),
+            retention_days,
+            batch_id_ttl: Duration::from_secs(ttl),
+            memory_entries: usize::try_from(entries).unwrap_or(usize::MAX),
+            backlog_max,
+        })
     }
 
     /// A money amount in USD, as written (`"0.05"`).
@@ -418,6 +489,34 @@ mod tests {
         assert_eq!(c.flush_failure_bound, d.flush_failure_bound);
         let c = Config::load(None, &env(&[("TOLLGATE_FLUSH_FAILURE_BOUND_MS", "750")])).unwrap();
         assert_eq!(c.flush_failure_bound, Duration::from_millis(750));
+    }
+
+    #[test]
+    fn ledger_keys_default_to_the_contract_and_refuse_bad_values() {
+        let d = Config::default();
+        assert!(d.ledger.url.is_none());
+        assert_eq!(d.ledger.retention_days, 7);
+        assert_eq!(d.ledger.batch_id_ttl, Duration::from_secs(86_400));
+        assert_eq!(d.ledger.memory_entries, 100_000);
+        let c = Config::load(
+            None,
+            &env(&[
+                ("TOLLGATE_LEDGER_URL", "postgres://u:pw@127.0.0.1:5/l"),
+                ("TOLLGATE_BATCH_ID_TTL_S", "60"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.ledger.policy().export);
+        assert_eq!(c.ledger.batch_id_ttl, Duration::from_secs(60));
+        assert!(!format!("{c:?}").contains("pw@"));
+        for (k, v) in [
+            ("TOLLGATE_LEDGER_URL", "mysql://x"),
+            ("TOLLGATE_LEDGER_RETENTION_DAYS", "0"),
+            ("TOLLGATE_BATCH_ID_TTL_S", "0"),
+        ] {
+            let err = Config::load(None, &env(&[(k, v)])).unwrap_err().to_string();
+            assert!(err.contains(k), "{err}");
+        }
     }
 
     #[test]

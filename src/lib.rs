@@ -36,6 +36,10 @@
 //! - `api`: the management API; each handler parses, calls one domain
 //!   function and maps the result; `api::error` is the one error -> HTTP
 //!   table.
+//! - `ledger_db`: the ledger database (PostgreSQL, G2): schema migrations,
+//!   batched idempotent inserts, the Owner's ledger view, and
+//!   `ledger_db::export`, the task that moves entries from the store's
+//!   export queues to it.
 //! - `usage`: 30-day reports from the day buckets (pure aggregation).
 //! - `money`, `ids`, `clock`, `config`, `metrics`: the shared vocabulary.
 //! - `demo`: `tollgate demo`, the whole product in one process, with the
@@ -51,6 +55,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod ids;
+pub mod ledger_db;
 pub mod mailer;
 pub mod metrics;
 pub mod money;

@@ -95,9 +95,7 @@ async fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.metrics_listen))?;
     tracing::info!(listen = %config.listen, metrics = %config.metrics_listen, store = store.kind(), "tollgate serving");
     let app = std::sync::Arc::new(tollgate::App::new(config, store, pricing));
-    app.boot()
-        .await
-        .map_err(|e| format!("recovery failed: {e}"))?;
+    app.boot().await.map_err(|e| e.to_string())?;
     tollgate::server::run(app, listener, metrics, tollgate::server::shutdown_signal())
         .await
         .map_err(|e| e.to_string())

@@ -5,7 +5,10 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_histogram, histogram, Counter, Histogram};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::money::Nanos;
@@ -21,6 +24,9 @@ pub const SUSPENSIONS: &str = "tollgate_wallet_suspension_changes_total";
 pub const API_REQUESTS: &str = "tollgate_api_requests_total";
 pub const USAGE_CLAMPED: &str = "tollgate_meter_usage_clamped_total";
 pub const UPSTREAM_IN_BAND_ERRORS: &str = "tollgate_upstream_in_band_errors_total";
+pub const LEDGER_EXPORTED: &str = "tollgate_ledger_exported_entries_total";
+pub const LEDGER_EXPORT_FAILURES: &str = "tollgate_ledger_export_failures_total";
+pub const LEDGER_EXPORT_LAG: &str = "tollgate_ledger_export_lag_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -130,6 +136,31 @@ fn describe() {
         UPSTREAM_IN_BAND_ERRORS,
         "200 answers that were upstream errors (an error body or event, M5), by route."
     );
+    describe_counter!(
+        LEDGER_EXPORTED,
+        "Ledger entries copied to PostgreSQL and removed from the store's queue (G2)."
+    );
+    describe_counter!(
+        LEDGER_EXPORT_FAILURES,
+        "Ledger export passes that failed (PostgreSQL or the store away) and will retry."
+    );
+    describe_gauge!(
+        LEDGER_EXPORT_LAG,
+        "Age of the oldest entry the exporter last read; 0 once a queue is drained."
+    );
+}
+
+/// G2: `n` entries exported (per batch, not per request: not cached).
+pub fn ledger_exported(n: u64) {
+    counter!(LEDGER_EXPORTED).increment(n);
+}
+
+pub fn ledger_export_failed() {
+    counter!(LEDGER_EXPORT_FAILURES).increment(1);
+}
+
+pub fn ledger_export_lag(lag: Duration) {
+    gauge!(LEDGER_EXPORT_LAG).set(lag.as_secs_f64());
 }
 
 pub fn proxy_request(route: &'static str, status: u16, took: Duration) {

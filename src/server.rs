@@ -35,12 +35,13 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
             tracing::warn!(
                 "using the MEMORY store: balances, keys and usage are lost when this process exits"
             );
-            Ok(Arc::new(MemoryStore::new()))
+            Ok(Arc::new(MemoryStore::with_policy(config.ledger.policy())))
         }
         StoreConfig::Redis { url } => {
             let store = crate::store::redis_store::RedisStore::connect(url, &config.redis_prefix)
                 .await
-                .map_err(|e| ServeError::Config(format!("cannot open the Redis store: {e}")))?;
+                .map_err(|e| ServeError::Config(format!("cannot open the Redis store: {e}")))?
+                .with_policy(config.ledger.policy());
             Ok(Arc::new(store))
         }
     }
@@ -217,7 +218,7 @@ pub async fn start_with_clock(
     let app = Arc::new(App::with_clock(config, store, pricing, clock));
     app.boot()
         .await
-        .map_err(|e| ServeError::Config(format!("recovery failed: {e}")))?;
+        .map_err(|e| ServeError::Config(e.to_string()))?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run(app.clone(), listener, metrics, async move {
         let _ = rx.await;

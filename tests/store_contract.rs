@@ -168,13 +168,15 @@ async fn apply_adds_deltas_once_and_records_everything(s: &dyn Store) {
 
     assert_eq!(
         s.ledger(w).await.unwrap(),
-        vec![dep, promo, s1.clone(), s2.clone()],
+        vec![dep.clone(), promo, s1.clone(), s2.clone()],
         "the ledger keeps apply order"
     );
-    assert_eq!(s.ledger_entry(w, "stl_1").await.unwrap(), Some(s1.clone()));
-    assert_eq!(s.ledger_entry(w, "stl_2").await.unwrap(), Some(s2));
-    assert_eq!(s.ledger_entry(w, "stl_none").await.unwrap(), None);
-    assert_eq!(s.ledger_entry("user:other", "stl_1").await.unwrap(), None);
+    // Deposits and transfers are kept by id; settlements are not (G1:
+    // nothing kept per request beyond the retention window).
+    assert_eq!(s.ledger_entry(w, "dep_1").await.unwrap(), Some(dep.clone()));
+    assert_eq!(s.ledger_entry(w, "stl_1").await.unwrap(), None);
+    assert_eq!(s.ledger_entry(w, "dep_none").await.unwrap(), None);
+    assert_eq!(s.ledger_entry("user:other", "dep_1").await.unwrap(), None);
     assert_eq!(s.ledger("user:other").await.unwrap(), vec![]);
 
     let totals = s.money_totals().await.unwrap();
@@ -639,6 +641,267 @@ async fn ping_answers(s: &dyn Store) {
     assert!(!s.kind().is_empty());
 }
 
+/// G1: a writer's batches are remembered by a high-water mark: a retry, or
+/// any lower sequence, is `Before`; another writer has its own mark.
+async fn sequenced_batches_apply_once_per_writer(s: &dyn Store) {
+    let w = "user:usr_ann";
+    s.apply(&batch(
+        "dep",
+        w,
+        vec![deposit("dep_1", w, usd(10), Nanos::ZERO)],
+    ))
+    .await
+    .unwrap();
+    let seq = |writer, n, id: &str| WalletBatch {
+        seq: Some(BatchSeq { writer, seq: n }),
+        ..batch(
+            &format!("{w}:{writer}:{n}"),
+            w,
+            vec![settlement(
+                id,
+                w,
+                "key_a",
+                "usr_ann",
+                Nanos(1_000),
+                at(2, 9),
+            )],
+        )
+    };
+    assert_eq!(s.apply(&seq(7, 5, "stl_5")).await.unwrap().0, Applied::Now);
+    assert_eq!(
+        s.apply(&seq(7, 5, "stl_5")).await.unwrap().0,
+        Applied::Before
+    );
+    assert_eq!(
+        s.apply(&seq(7, 3, "stl_3")).await.unwrap().0,
+        Applied::Before
+    );
+    assert_eq!(s.apply(&seq(7, 6, "stl_6")).await.unwrap().0, Applied::Now);
+    assert_eq!(
+        s.apply(&seq(8, 1, "stl_8_1")).await.unwrap().0,
+        Applied::Now
+    );
+    assert_eq!(s.wallet(w).await.unwrap().paid, usd(10) - Nanos(3_000));
+    let t = s.money_totals().await.unwrap();
+    assert_eq!(t.usage, Nanos(3_000).into());
+}
+
+/// G1, B9: a deposit replayed after its batch id expired is still
+/// recognised (deposits and transfers are kept by id), never applied twice.
+async fn money_movements_are_recognised_after_batch_ids_expire(s: &dyn Store) {
+    let w = "user:usr_ann";
+    let dep = deposit("dep_1", w, usd(10), Nanos::ZERO);
+    assert_eq!(
+        s.apply(&batch("b1", w, vec![dep.clone()])).await.unwrap().0,
+        Applied::Now
+    );
+    // Another batch id (as after its expiry), the same entry.
+    assert_eq!(
+        s.apply(&batch("b1-later", w, vec![dep])).await.unwrap().0,
+        Applied::Before
+    );
+    assert_eq!(s.wallet(w).await.unwrap().paid, usd(10));
+    assert_eq!(s.money_totals().await.unwrap().deposits, usd(10).into());
+}
+
+/// G3: entries older than the cutoff are dropped; balances, totals and
+/// usage rows stay; the newer entries stay in order.
+async fn prune_ledger_drops_old_entries_and_keeps_totals(s: &dyn Store) {
+    let w = "user:usr_ann";
+    let dep = deposit("dep_1", w, usd(10), Nanos::ZERO);
+    let old = settlement("stl_old", w, "key_a", "usr_ann", Nanos(1_000), at(2, 9));
+    let new = settlement("stl_new", w, "key_a", "usr_ann", Nanos(2_000), at(9, 9));
+    s.apply(&batch("b1", w, vec![dep.clone()])).await.unwrap();
+    s.apply(&batch("b2", w, vec![old])).await.unwrap();
+    s.apply(&batch("b3", w, vec![new.clone()])).await.unwrap();
+    let before = s.money_totals().await.unwrap();
+    let rows = s.usage_rows(w, date(1)).await.unwrap();
+    let dropped = s.prune_ledger(at(5, 0)).await.unwrap();
+    // The deposit's `at` is fixed by the fixture; whatever it is, every
+    // entry before the cutoff went and every one after stayed.
+    let kept = s.ledger(w).await.unwrap();
+    assert!(kept.iter().all(|e| e.at >= at(5, 0)), "{kept:?}");
+    assert!(kept.contains(&new));
+    assert_eq!(dropped as usize, 3 - kept.len());
+    assert_eq!(s.money_totals().await.unwrap(), before);
+    assert_eq!(s.usage_rows(w, date(1)).await.unwrap(), rows);
+    assert_eq!(s.wallet(w).await.unwrap().paid, usd(10) - Nanos(3_000));
+    // A deposit stays known by id after its entry left the list.
+    assert_eq!(s.ledger_entry(w, "dep_1").await.unwrap(), Some(dep));
+}
+
+/// G2: with export on, every applied entry waits in the wallet's queue
+/// (no kept list), is read oldest first, and goes once acknowledged; a
+/// full queue refuses the batch whole (Unavailable), nothing changed.
+async fn export_queue_carries_every_entry_and_bounds_the_backlog(s: &dyn Store) {
+    let w = "user:usr_ann";
+    let dep = deposit("dep_1", w, usd(10), Nanos::ZERO);
+    let s1 = settlement("stl_1", w, "key_a", "usr_ann", Nanos(1_000), at(2, 9));
+    let s2 = settlement("stl_2", w, "key_a", "usr_ann", Nanos(2_000), at(2, 10));
+    s.apply(&batch("b1", w, vec![dep.clone()])).await.unwrap();
+    s.apply(&batch("b2", w, vec![s1.clone(), s2.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(s.export_wallets().await.unwrap(), vec![w.to_string()]);
+    assert_eq!(s.export_dirty(), vec![w.to_string()]);
+    assert_eq!(s.export_backlog(w).await.unwrap(), 3);
+    let waiting = s.export_read(w, 10).await.unwrap();
+    let entries: Vec<_> = waiting.iter().map(|x| x.entry.clone()).collect();
+    assert_eq!(entries, vec![dep.clone(), s1, s2]);
+    // The backlog bound (3 in these tests): one more entry is refused whole.
+    let over = batch(
+        "b3",
+        w,
+        vec![settlement(
+            "stl_3",
+            w,
+            "key_a",
+            "usr_ann",
+            Nanos(4_000),
+            at(2, 11),
+        )],
+    );
+    let before = s.money_totals().await.unwrap();
+    assert!(matches!(
+        s.apply(&over).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert_eq!(s.money_totals().await.unwrap(), before);
+    assert_eq!(s.export_backlog(w).await.unwrap(), 3);
+    // Acknowledge the first two: the third waits; then it too.
+    let cursors: Vec<String> = waiting.iter().map(|x| x.cursor.clone()).collect();
+    s.export_ack(w, &cursors[..2]).await.unwrap();
+    let rest = s.export_read(w, 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].cursor, cursors[2]);
+    s.export_ack(w, &cursors[2..]).await.unwrap();
+    assert_eq!(s.export_backlog(w).await.unwrap(), 0);
+    assert!(s.export_wallets().await.unwrap().is_empty());
+    // Room again: the refused batch applies now.
+    assert_eq!(s.apply(&over).await.unwrap().0, Applied::Now);
+    assert_eq!(s.wallet(w).await.unwrap().paid, usd(10) - Nanos(7_000));
+    // Nothing is kept per request; the deposit is, by id.
+    assert_eq!(s.ledger(w).await.unwrap(), vec![dep.clone()]);
+    assert_eq!(s.ledger_entry(w, "dep_1").await.unwrap(), Some(dep));
+}
+
+/// The export-mode policy of `export_queue_carries_every_entry...`.
+fn exporting() -> LedgerPolicy {
+    LedgerPolicy {
+        export: true,
+        backlog_max: 3,
+        ..LedgerPolicy::default()
+    }
+}
+
+mod export_mode {
+    #[tokio::test]
+    async fn memory() {
+        let s = tollgate::store::memory::MemoryStore::with_policy(super::exporting());
+        super::export_queue_carries_every_entry_and_bounds_the_backlog(&s).await;
+    }
+
+    #[tokio::test]
+    async fn redis() {
+        let Some((_server, store)) = super::redis_store("export_mode::redis").await else {
+            return;
+        };
+        let s = store.with_policy(super::exporting());
+        super::export_queue_carries_every_entry_and_bounds_the_backlog(&s).await;
+    }
+}
+
+/// G3: the memory store keeps at most `memory_entries` entries.
+#[tokio::test]
+async fn the_memory_store_keeps_a_bounded_ring_of_entries() {
+    let s = tollgate::store::memory::MemoryStore::with_policy(LedgerPolicy {
+        memory_entries: 5,
+        ..LedgerPolicy::default()
+    });
+    let w = "user:usr_ann";
+    s.apply(&batch(
+        "dep",
+        w,
+        vec![deposit("dep_1", w, usd(10), Nanos::ZERO)],
+    ))
+    .await
+    .unwrap();
+    for i in 0..20 {
+        let e = settlement(
+            &format!("stl_{i}"),
+            w,
+            "key_a",
+            "usr_ann",
+            Nanos(1),
+            at(2, 9),
+        );
+        s.apply(&batch(&format!("b{i}"), w, vec![e])).await.unwrap();
+    }
+    let kept: Vec<String> = s
+        .ledger(w)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let newest: Vec<String> = (15..20).map(|i| format!("stl_{i}")).collect();
+    assert_eq!(kept, newest, "the newest five, in order");
+    assert_eq!(s.wallet(w).await.unwrap().paid, usd(10) - Nanos(20));
+    assert_eq!(s.money_totals().await.unwrap().usage, Nanos(20).into());
+}
+
+/// G1: a batch id is forgotten after `batch_id_ttl`.
+async fn batch_ids_expire(s: &dyn Store) {
+    let w = "user:usr_ann";
+    let b = |id: &str| {
+        batch(
+            "b1",
+            w,
+            vec![settlement(id, w, "key_a", "usr_ann", Nanos(1), at(2, 9))],
+        )
+    };
+    assert_eq!(s.apply(&b("stl_1")).await.unwrap().0, Applied::Now);
+    assert_eq!(s.apply(&b("stl_1")).await.unwrap().0, Applied::Before);
+    // Wait for the condition (Redis expires keys by itself; the memory
+    // store on its next look), bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (applied, _) = s.apply(&b("stl_2")).await.unwrap();
+        if applied == Applied::Now {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "batch id never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(s.wallet(w).await.unwrap().paid, Nanos(-2));
+}
+
+mod batch_ttl {
+    fn one_second() -> tollgate::store::LedgerPolicy {
+        tollgate::store::LedgerPolicy {
+            batch_id_ttl: std::time::Duration::from_secs(1),
+            ..tollgate::store::LedgerPolicy::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn memory() {
+        let s = tollgate::store::memory::MemoryStore::with_policy(one_second());
+        super::batch_ids_expire(&s).await;
+    }
+
+    #[tokio::test]
+    async fn redis() {
+        let Some((_server, store)) = super::redis_store("batch_ttl::redis").await else {
+            return;
+        };
+        super::batch_ids_expire(&store.with_policy(one_second())).await;
+    }
+}
+
 /// Each contract fn, as one test per store: a fresh memory store, or a
 /// fresh redis-server (skipped loudly where there is none).
 macro_rules! contract {
@@ -684,4 +947,7 @@ contract!(
     transfers_stay_until_finished,
     idempotency_records_round_trip,
     ping_answers,
+    sequenced_batches_apply_once_per_writer,
+    money_movements_are_recognised_after_batch_ids_expire,
+    prune_ledger_drops_old_entries_and_keeps_totals,
 );

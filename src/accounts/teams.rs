@@ -10,7 +10,7 @@
 //! one lock makes "joins while the team is deleted" and "creates twice at
 //! once" plainly impossible in a process. The hot path never touches it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -21,6 +21,7 @@ use crate::accounts::AccountError;
 use crate::auth::{keys, KeyCache};
 use crate::clock::Clock;
 use crate::ids;
+use crate::ledger_db::LedgerDb;
 use crate::mailer::Mailer;
 use crate::money::Nanos;
 use crate::store::{
@@ -78,6 +79,8 @@ pub struct Teams {
     close_wait: Duration,
     pub(super) changes: tokio::sync::Mutex<()>,
     pub(super) transfers: Transfers,
+    /// Set at boot when `ledger_url` is: the ledger view reads it (G2).
+    ledger_db: OnceLock<Arc<LedgerDb>>,
 }
 
 /// A team as one of its members sees it.
@@ -118,7 +121,13 @@ impl Teams {
             close_wait,
             changes: tokio::sync::Mutex::new(()),
             transfers,
+            ledger_db: OnceLock::new(),
         }
+    }
+
+    /// Read ledgers from this database from now on (boot, G2).
+    pub fn use_ledger_db(&self, db: Arc<LedgerDb>) {
+        let _ = self.ledger_db.set(db);
     }
 
     /// The live team and the caller's role in it; `NotFound` for anyone
@@ -285,9 +294,17 @@ impl Teams {
         if !rules::can_see_billing(role) {
             return Err(TeamError::Forbidden("only the owner sees billing"));
         }
-        let wallet = self.wallets.get(&team_wallet_id(team_id)).await?;
+        let wallet_id = team_wallet_id(team_id);
+        let wallet = self.wallets.get(&wallet_id).await?;
         wallet.flush().await?;
-        Ok(self.store.ledger(&team_wallet_id(team_id)).await?)
+        match self.ledger_db.get() {
+            Some(db) => Ok(
+                crate::ledger_db::wallet_ledger(db, &*self.store, &wallet_id)
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+            ),
+            None => Ok(self.store.ledger(&wallet_id).await?),
+        }
     }
 
     /// The team's event log, Owner only.

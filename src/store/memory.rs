@@ -6,11 +6,12 @@
 //! the store is off the hot path (key-cache misses, flushes, management
 //! calls), and one lock makes every batch trivially atomic.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use async_trait::async_trait;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 
 use super::*;
 use crate::money::Nanos;
@@ -23,9 +24,19 @@ struct Inner {
     keys: HashMap<String, KeyRecord>,
     keys_by_hash: HashMap<String, String>,
     wallets: HashMap<String, WalletBalance>,
-    ledger: HashMap<String, Vec<LedgerEntry>>,
-    batches: HashSet<String>,
-    entries_by_id: HashMap<String, (String, usize)>,
+    /// G3: every wallet's entries in apply order, at most
+    /// `policy.memory_entries`, oldest dropped (unused when exporting).
+    kept: VecDeque<LedgerEntry>,
+    /// Deposits and transfers by id, kept for good (they grow with
+    /// accounts): replays of them are recognised however late.
+    money: HashMap<String, LedgerEntry>,
+    /// Batch ids without a sequence, until they expire (G1).
+    batch_ids: HashMap<String, Instant>,
+    /// (wallet, writer) -> the highest sequence applied, and its expiry.
+    high_water: HashMap<(String, u64), (u64, Instant)>,
+    /// G2: per wallet, the entries not yet in PostgreSQL, with cursors.
+    export: HashMap<String, VecDeque<(u64, LedgerEntry)>>,
+    export_next: u64,
     /// wallet -> (date, key, member) -> counters.
     usage: HashMap<String, BTreeMap<(NaiveDate, String, String), DayUsage>>,
     idempotency: HashMap<String, IdempotencyRecord>,
@@ -42,11 +53,21 @@ struct Inner {
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
+    policy: Arc<LedgerPolicy>,
+    signal: ExportSignal,
 }
 
 impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// A store that keeps ledger entries as `policy` says (G1-G3).
+    pub fn with_policy(policy: LedgerPolicy) -> MemoryStore {
+        MemoryStore {
+            policy: Arc::new(policy),
+            ..MemoryStore::default()
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -183,18 +204,37 @@ impl LedgerStore for MemoryStore {
         // request queued behind it (the open-loop p99, BENCHMARKS.md).
         let inner = self.inner.clone();
         let batch = batch.clone();
-        tokio::task::spawn_blocking(move || apply_batch(&mut lock(&inner), batch))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("apply failed: {e}"))))
+        let policy = self.policy.clone();
+        let batch_wallet = batch.wallet_id.clone();
+        let applied =
+            tokio::task::spawn_blocking(move || apply_batch(&mut lock(&inner), &policy, batch))
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("apply failed: {e}"))))?;
+        if self.policy.export && applied.0 == Applied::Now {
+            self.signal.mark(&batch_wallet);
+        }
+        Ok(applied)
     }
 
+    /// The entries still held here: the retained ones (G3), or, when
+    /// exporting, the wallet's deposits and transfers.
     async fn ledger(&self, wallet_id: &str) -> StoreResult<Vec<LedgerEntry>> {
-        Ok(self
-            .lock()
-            .ledger
-            .get(wallet_id)
+        let g = self.lock();
+        if self.policy.export {
+            let mut v: Vec<LedgerEntry> = g
+                .money
+                .values()
+                .filter(|e| e.wallet_id == wallet_id)
+                .cloned()
+                .collect();
+            v.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+            return Ok(v);
+        }
+        Ok(g.kept
+            .iter()
+            .filter(|e| e.wallet_id == wallet_id)
             .cloned()
-            .unwrap_or_default())
+            .collect())
     }
 
     async fn money_totals(&self) -> StoreResult<MoneyTotals> {
@@ -207,11 +247,80 @@ impl LedgerStore for MemoryStore {
         entry_id: &str,
     ) -> StoreResult<Option<LedgerEntry>> {
         let g = self.lock();
-        Ok(g.entries_by_id
+        Ok(g.money
             .get(entry_id)
-            .filter(|(w, _)| w == wallet_id)
-            .and_then(|(w, i)| g.ledger.get(w).and_then(|l| l.get(*i)))
+            .filter(|e| e.wallet_id == wallet_id)
             .cloned())
+    }
+}
+
+#[async_trait]
+impl ExportStore for MemoryStore {
+    fn export_dirty(&self) -> Vec<String> {
+        self.signal.take()
+    }
+
+    fn export_wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.signal.notify.clone()
+    }
+
+    async fn export_wallets(&self) -> StoreResult<Vec<String>> {
+        let g = self.lock();
+        Ok(g.export
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(w, _)| w.clone())
+            .collect())
+    }
+
+    async fn export_read(&self, wallet_id: &str, max: usize) -> StoreResult<Vec<Exported>> {
+        let g = self.lock();
+        Ok(g.export
+            .get(wallet_id)
+            .map(|q| {
+                q.iter()
+                    .take(max)
+                    .map(|(c, e)| Exported {
+                        cursor: c.to_string(),
+                        entry: e.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn export_ack(&self, wallet_id: &str, cursors: &[String]) -> StoreResult<()> {
+        let mut g = self.lock();
+        let acked: std::collections::HashSet<u64> =
+            cursors.iter().filter_map(|c| c.parse().ok()).collect();
+        if let Some(q) = g.export.get_mut(wallet_id) {
+            q.retain(|(c, _)| !acked.contains(c));
+            if q.is_empty() {
+                g.export.remove(wallet_id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn export_backlog(&self, wallet_id: &str) -> StoreResult<u64> {
+        Ok(self
+            .lock()
+            .export
+            .get(wallet_id)
+            .map_or(0, |q| q.len() as u64))
+    }
+
+    async fn prune_ledger(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let mut g = self.lock();
+        let now = Instant::now();
+        g.batch_ids.retain(|_, until| *until > now);
+        g.high_water.retain(|_, (_, until)| *until > now);
+        let mut dropped = 0;
+        while g.kept.front().is_some_and(|e| e.at < before) {
+            g.kept.pop_front();
+            dropped += 1;
+        }
+        Ok(dropped)
     }
 }
 
@@ -405,12 +514,51 @@ impl ChangeFeed for MemoryStore {}
 /// One batch, whole or not at all (the checks run before the first write).
 /// Takes the batch's copy made for the blocking thread and keeps its
 /// entries, rather than cloning each again.
-fn apply_batch(g: &mut Inner, batch: WalletBatch) -> StoreResult<(Applied, WalletBalance)> {
-    if g.batches.contains(&batch.batch_id) {
+fn apply_batch(
+    g: &mut Inner,
+    policy: &LedgerPolicy,
+    batch: WalletBatch,
+) -> StoreResult<(Applied, WalletBalance)> {
+    if applied_before(g, &batch)? {
         let after = g.wallets.get(&batch.wallet_id).copied().unwrap_or_default();
         return Ok((Applied::Before, after));
     }
-    // Check everything before the first write: a batch applies whole.
+    if policy.export {
+        let waiting = g.export.get(&batch.wallet_id).map_or(0, VecDeque::len);
+        if (waiting + batch.entries.len()) as u64 > policy.backlog_max {
+            return Err(StoreError::Unavailable(format!(
+                "ledger export backlog of wallet {} is full ({waiting} entries)",
+                batch.wallet_id
+            )));
+        }
+    }
+    let after = balance_after(g, &batch)?;
+    remember_batch(g, policy, &batch);
+    g.wallets.insert(batch.wallet_id.clone(), after);
+    count_usage(g, &batch);
+    keep_entries(g, policy, batch);
+    Ok((Applied::Now, after))
+}
+
+/// Whether this batch was applied before (its id or sequence is
+/// remembered, or all its entries are money movements already kept);
+/// refuses a batch that is malformed or half-known.
+fn applied_before(g: &Inner, batch: &WalletBatch) -> StoreResult<bool> {
+    let now = Instant::now();
+    let seen = match batch.seq {
+        Some(BatchSeq { writer, seq }) => g
+            .high_water
+            .get(&(batch.wallet_id.clone(), writer))
+            .is_some_and(|(hw, until)| *until > now && *hw >= seq),
+        None => g
+            .batch_ids
+            .get(&batch.batch_id)
+            .is_some_and(|until| *until > now),
+    };
+    if seen {
+        return Ok(true);
+    }
+    let mut known = 0;
     for e in &batch.entries {
         if e.wallet_id != batch.wallet_id {
             return Err(StoreError::Corrupt(format!(
@@ -418,13 +566,35 @@ fn apply_batch(g: &mut Inner, batch: WalletBatch) -> StoreResult<(Applied, Walle
                 e.id, e.wallet_id, batch.wallet_id
             )));
         }
-        if g.entries_by_id.contains_key(&e.id) {
-            return Err(StoreError::Corrupt(format!("entry {} applied twice", e.id)));
+        if e.is_money_movement() && g.money.contains_key(&e.id) {
+            known += 1;
         }
     }
-    let after = balance_after(g, &batch)?;
-    g.batches.insert(batch.batch_id.clone());
-    g.wallets.insert(batch.wallet_id.clone(), after);
+    match known {
+        0 => Ok(false),
+        k if k == batch.entries.len() => Ok(true),
+        _ => Err(StoreError::Corrupt(format!(
+            "batch {} repeats entries applied before",
+            batch.batch_id
+        ))),
+    }
+}
+
+fn remember_batch(g: &mut Inner, policy: &LedgerPolicy, batch: &WalletBatch) {
+    let until = Instant::now() + policy.batch_id_ttl;
+    match batch.seq {
+        Some(BatchSeq { writer, seq }) => {
+            g.high_water
+                .insert((batch.wallet_id.clone(), writer), (seq, until));
+        }
+        None => {
+            g.batch_ids.insert(batch.batch_id.clone(), until);
+        }
+    }
+}
+
+/// Totals, usage rows and last-used times from the batch's entries.
+fn count_usage(g: &mut Inner, batch: &WalletBatch) {
     // This wallet's usage rows, looked up once a batch.
     let mut usage = None;
     for e in &batch.entries {
@@ -450,13 +620,27 @@ fn apply_batch(g: &mut Inner, batch: WalletBatch) -> StoreResult<(Applied, Walle
             usage = Some(days);
         }
     }
-    let ledger = g.ledger.entry(batch.wallet_id.clone()).or_default();
-    for e in batch.entries {
-        g.entries_by_id
-            .insert(e.id.clone(), (batch.wallet_id.clone(), ledger.len()));
-        ledger.push(e);
+}
+
+/// The entries themselves: to the export queue (G2) or the bounded ring
+/// (G3); deposits and transfers also by id.
+fn keep_entries(g: &mut Inner, policy: &LedgerPolicy, batch: WalletBatch) {
+    for e in &batch.entries {
+        if e.is_money_movement() {
+            g.money.insert(e.id.clone(), e.clone());
+        }
     }
-    Ok((Applied::Now, after))
+    if policy.export {
+        let first = g.export_next;
+        g.export_next += batch.entries.len() as u64;
+        let queue = g.export.entry(batch.wallet_id).or_default();
+        queue.extend((first..).zip(batch.entries));
+        return;
+    }
+    g.kept.extend(batch.entries);
+    while g.kept.len() > policy.memory_entries {
+        g.kept.pop_front();
+    }
 }
 
 /// B10: the wallet's balance after the batch, its deltas summed in i128;

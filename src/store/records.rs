@@ -151,6 +151,13 @@ impl LedgerEntry {
     pub fn amount(&self) -> Nanos {
         self.paid + self.promo
     }
+
+    /// Deposits and transfers: money that enters or leaves a wallet by an
+    /// account action, kept by id for good (they grow with accounts, not
+    /// with requests) so a replay is recognised however late it comes.
+    pub fn is_money_movement(&self) -> bool {
+        self.kind != EntryKind::Settlement
+    }
 }
 
 /// Entries of one wallet, applied together and at most once.
@@ -159,6 +166,21 @@ pub struct WalletBatch {
     pub batch_id: String,
     pub wallet_id: String,
     pub entries: Vec<LedgerEntry>,
+    /// Set by a writer that sends a wallet's batches one at a time in
+    /// rising order (a wallet actor's flushes): the store then keeps one
+    /// high-water mark per (wallet, writer) instead of every batch id, so
+    /// what it remembers does not grow with traffic (G1). `None`: the batch
+    /// id itself is remembered for `batch_id_ttl_s`.
+    pub seq: Option<BatchSeq>,
+}
+
+/// A writer's place in its own sequence of batches for one wallet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchSeq {
+    /// Unique per writer (a gateway process's random nonce).
+    pub writer: u64,
+    /// Rises with every new batch of this writer; a retry keeps its number.
+    pub seq: u64,
 }
 
 impl WalletBatch {
@@ -169,6 +191,7 @@ impl WalletBatch {
             batch_id: entry.id.clone(),
             wallet_id: entry.wallet_id.clone(),
             entries: vec![entry.clone()],
+            seq: None,
         }
     }
 }

@@ -14,7 +14,7 @@ use super::actor::{Args, Msg, WalletRef};
 use super::ledger::{Ledger, WalletError};
 use super::persist;
 use crate::money::Nanos;
-use crate::store::{EventRecord, LedgerEntry, WalletBalance, WalletBatch};
+use crate::store::{BatchSeq, EventRecord, LedgerEntry, WalletBalance, WalletBatch};
 
 /// What the hot path reads without messaging the actor (B2).
 #[derive(Debug, Default)]
@@ -244,6 +244,12 @@ impl State {
                     ),
                     wallet_id: self.args.wallet_id.to_string(),
                     entries: std::mem::take(&mut self.pending),
+                    // One flush at a time per wallet, numbers rising
+                    // process-wide: the store keeps a high-water mark (G1).
+                    seq: Some(BatchSeq {
+                        writer: self.args.nonce,
+                        seq: batch_seq,
+                    }),
                 }
             }
         };

@@ -113,6 +113,7 @@ pub fn batch(id: &str, wallet: &str, entries: Vec<LedgerEntry>) -> WalletBatch {
         batch_id: id.into(),
         wallet_id: wallet.into(),
         entries,
+        seq: None,
     }
 }
 

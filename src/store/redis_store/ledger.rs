@@ -101,25 +101,37 @@ impl RedisStore {
         } = sums(batch)?;
 
         let mut call = self.scripts.apply.prepare_invoke();
+        // G1: what the store remembers of this batch, expiring.
+        let memory = match batch.seq {
+            Some(s) => format!("hw:{:016x}", s.writer),
+            None => format!("batch:{}", batch.batch_id),
+        };
         for part in [
             "bal",
             "ledger",
             "entries",
-            "batches",
+            &memory,
             "usage_days",
             "keyused",
+            "export",
         ] {
             call.key(self.wk(w, part));
         }
+        let policy = &self.policy;
         call.arg(&batch.batch_id)
             .arg(w)
             .arg(paid)
             .arg(promo)
             .arg(deposits)
             .arg(usage)
+            .arg(batch.seq.map(|s| s.seq.to_string()).unwrap_or_default())
+            .arg(policy.batch_id_ttl.as_secs().max(1))
+            .arg(if policy.export { "1" } else { "0" })
+            .arg(policy.backlog_max)
             .arg(batch.entries.len());
         for e in &batch.entries {
-            call.arg(&e.id).arg(&e.wallet_id).arg(encode(e)?);
+            let kept = if e.is_money_movement() { "m" } else { "s" };
+            call.arg(&e.id).arg(&e.wallet_id).arg(kept).arg(encode(e)?);
         }
         self.day_args(&mut call, batch, &days)?;
         call.arg(used.len());
@@ -198,8 +210,16 @@ impl LedgerStore for RedisStore {
             })
         };
         match field(0) {
-            Some("now") => Ok((Applied::Now, balance()?)),
+            Some("now") => {
+                if self.policy.export {
+                    self.signal.mark(&batch.wallet_id);
+                }
+                Ok((Applied::Now, balance()?))
+            }
             Some("before") => Ok((Applied::Before, balance()?)),
+            Some("backlog") => Err(StoreError::Unavailable(
+                field(1).unwrap_or("ledger export backlog full").to_string(),
+            )),
             Some("range") => Err(StoreError::OutOfRange(
                 field(1).unwrap_or("batch out of range").to_string(),
             )),
@@ -212,7 +232,19 @@ impl LedgerStore for RedisStore {
         }
     }
 
+    /// The entries still held here: the retained list (G3), or, when
+    /// exporting, the wallet's deposits and transfers.
     async fn ledger(&self, wallet_id: &str) -> StoreResult<Vec<LedgerEntry>> {
+        if self.policy.export {
+            let key = self.wk(wallet_id, "entries");
+            let rows: Vec<String> = self.q(redis::cmd("HVALS").arg(&key)).await?;
+            let mut v = rows
+                .iter()
+                .map(|s| decode::<LedgerEntry>(&key, s))
+                .collect::<StoreResult<Vec<_>>>()?;
+            v.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+            return Ok(v);
+        }
         let key = self.wk(wallet_id, "ledger");
         let rows: Vec<String> = self
             .q(redis::cmd("LRANGE").arg(&key).arg(0).arg(-1))
@@ -253,26 +285,23 @@ impl LedgerStore for RedisStore {
         Ok(t)
     }
 
+    /// Deposits and transfers are kept by id, as JSON (settlements are not).
     async fn ledger_entry(
         &self,
         wallet_id: &str,
         entry_id: &str,
     ) -> StoreResult<Option<LedgerEntry>> {
-        let index: Option<i64> = self
-            .q(redis::cmd("HGET")
-                .arg(self.wk(wallet_id, "entries"))
-                .arg(entry_id))
-            .await?;
-        let Some(index) = index else {
-            return Ok(None);
-        };
-        let key = self.wk(wallet_id, "ledger");
-        let row: Option<String> = self.q(redis::cmd("LINDEX").arg(&key).arg(index)).await?;
+        let key = self.wk(wallet_id, "entries");
+        let row: Option<String> = self.q(redis::cmd("HGET").arg(&key).arg(entry_id)).await?;
         match row {
-            Some(s) => Ok(Some(decode(&key, &s)?)),
-            None => Err(StoreError::Corrupt(format!(
-                "{key}: entry {entry_id} indexed at {index}, which is missing"
-            ))),
+            None => Ok(None),
+            // Written by apply v1, which kept an index into the ledger list.
+            Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => {
+                let list = self.wk(wallet_id, "ledger");
+                let row: Option<String> = self.q(redis::cmd("LINDEX").arg(&list).arg(&s)).await?;
+                row.map(|r| decode(&list, &r)).transpose()
+            }
+            Some(s) => decode(&key, &s).map(Some),
         }
     }
 }

@@ -10,10 +10,15 @@
 //! script can change all of them atomically on a cluster too:
 //! - `P{w}:bal`        hash: `paid`, `promo`, `deposits`, `deposits_hi`,
 //!   `usage`, `usage_hi` (integer nanos; a counter is `X_hi * 4e18 + X`)
-//! - `P{w}:ledger`     list of `LedgerEntry` JSON, in apply order
-//! - `P{w}:entries`    hash: entry id -> index in the ledger list
-//! - `P{w}:batches`    set of applied batch ids (kept forever: correctness
-//!   over memory)
+//! - `P{w}:ledger`     list of `LedgerEntry` JSON, in apply order; only
+//!   without `ledger_url`, and pruned after `ledger_retention_days` (G3)
+//! - `P{w}:export`     stream of `LedgerEntry` JSON (field `e`) waiting for
+//!   the exporter to copy them to PostgreSQL; only with `ledger_url` (G2)
+//! - `P{w}:entries`    hash: id -> JSON of every deposit and transfer entry,
+//!   kept for good (they grow with accounts, not requests)
+//! - `P{w}:hw:WRITER`  a writer's highest applied batch sequence, and
+//!   `P{w}:batch:ID`   a batch id without one; both expire after
+//!   `batch_id_ttl_s` (G1)
 //! - `P{w}:usage_days` sorted set: `YYYY-MM-DD` scored by day number
 //! - `P{w}:usage:D`    hash per day D: `["key","member","counter"]` -> integer
 //! - `P{w}:keyused`    hash: key id -> last settlement time (see below)
@@ -68,6 +73,7 @@
 //! `ledger.rs` wallets and `apply` (with its Lua), `usage.rs` the day
 //! buckets, and `pubsub.rs` the change feed between instances.
 
+mod export;
 mod keys;
 mod ledger;
 mod pubsub;
@@ -84,7 +90,7 @@ use redis::{Client, Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, Scri
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{StoreError, StoreInfo, StoreResult};
+use super::{ExportSignal, LedgerPolicy, StoreError, StoreInfo, StoreResult};
 
 /// How long one round trip may take before the caller hears `Unavailable`.
 /// Bounded so a dead Redis makes requests fail fast (503) instead of hang;
@@ -101,6 +107,8 @@ struct Scripts {
     apply: Script,
     set_key_status: Script,
     put_outbox: Script,
+    export_ack: Script,
+    prune_ledger: Script,
 }
 
 pub struct RedisStore {
@@ -111,9 +119,19 @@ pub struct RedisStore {
     client: Client,
     prefix: String,
     scripts: Scripts,
+    /// How ledger entries are kept (G1-G3).
+    policy: LedgerPolicy,
+    /// Wallets this process exported to, for the exporter (G2).
+    signal: ExportSignal,
 }
 
 impl RedisStore {
+    /// Keep ledger entries as `policy` says (G1-G3); set before serving.
+    pub fn with_policy(mut self, policy: LedgerPolicy) -> RedisStore {
+        self.policy = policy;
+        self
+    }
+
     /// Connect to `url` and keep every key under `prefix`. Fails with
     /// `Unavailable` when Redis cannot be reached within a few seconds.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
@@ -137,7 +155,11 @@ impl RedisStore {
                 apply: Script::new(include_str!("apply.lua")),
                 set_key_status: Script::new(include_str!("set_key_status.lua")),
                 put_outbox: Script::new(include_str!("put_outbox.lua")),
+                export_ack: Script::new(include_str!("export_ack.lua")),
+                prune_ledger: Script::new(include_str!("prune_ledger.lua")),
             },
+            policy: LedgerPolicy::default(),
+            signal: ExportSignal::default(),
         };
         store.ping().await?;
         store.warn_without_aof().await;
