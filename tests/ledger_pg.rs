@@ -50,16 +50,21 @@ fn exporting() -> LedgerPolicy {
 }
 
 async fn rig(test: &str) -> Option<Rig> {
+    rig_with(test, |_| {}).await
+}
+
+async fn rig_with(test: &str, tweak: impl FnOnce(&mut tollgate::config::Config)) -> Option<Rig> {
     let pg = PgServer::start(test)?;
     let redis = RedisServer::start(test)?;
     let mock = spawn_mock().await;
     let mut config = test_config(&mock.url);
     config.ledger.url = Some(tollgate::config::Secret(pg.url()));
+    tweak(&mut config);
     let store: Arc<dyn Store> = Arc::new(
         RedisStore::connect(&redis.url(), "tg:")
             .await
             .unwrap()
-            .with_policy(exporting()),
+            .with_policy(config.ledger.policy()),
     );
     let pricing = Pricing::parse(PRICING, "config/pricing.toml").unwrap();
     let clock = Arc::new(tollgate::clock::ShiftedClock::default());
@@ -218,6 +223,66 @@ async fn postgres_away_under_load_loses_and_doubles_nothing() {
     let totals = rig.db.request_totals().await.unwrap();
     println!("served {served}, waited in Redis at one point: {waiting}");
     assert_eq!(totals.requests, served as i64, "none lost, none doubled");
+    assert_eq!(totals.cost, usage_total(&rec));
+}
+
+/// G2's bound: with PostgreSQL away, a wallet's backlog grows to
+/// `ledger_backlog_max`; then its flushes fail, and after
+/// `flush_failure_bound_ms` it refuses new holds (503). When PostgreSQL is
+/// back the backlog drains, calls are served again, and every served call
+/// is in PostgreSQL once.
+#[tokio::test]
+async fn a_full_backlog_stops_admitting_until_postgres_returns() {
+    let Some(mut rig) = rig_with("a_full_backlog_stops_admitting", |c| {
+        c.ledger.backlog_max = 40;
+        c.flush_failure_bound = Duration::from_millis(200);
+    })
+    .await
+    else {
+        return;
+    };
+    let api = Arc::new(Api::new(&rig.gw.url));
+    let (user, key) = rig.gw.funded("full@example.com", "1000").await;
+    assert_eq!(calls(&api, &key, 20, 4).await, 20);
+    drained(&rig.gw, &*rig.gw.store).await;
+    rig.pg.stop();
+    let mut served: i64 = 20;
+    let mut refused = false;
+    for _ in 0..2_000 {
+        let r = api.chat(&key, &chat_body("gpt-4o-mini"), &[]).await;
+        match r.status() {
+            StatusCode::OK => served += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                refused = true;
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(refused, "a wallet with a full backlog stops admitting");
+    let wallet = format!("user:{}", user.id);
+    let waiting = rig.gw.store.export_backlog(&wallet).await.unwrap();
+    assert!(
+        waiting <= 40,
+        "the backlog stays within its bound: {waiting}"
+    );
+    rig.pg.restart();
+    let again = std::sync::atomic::AtomicI64::new(0);
+    wait_long("served again once PostgreSQL is back", || async {
+        let r = api.chat(&key, &chat_body("gpt-4o-mini"), &[]).await;
+        let ok = r.status() == StatusCode::OK;
+        if ok {
+            again.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        ok
+    })
+    .await;
+    served += again.into_inner();
+    let rec = drained(&rig.gw, &*rig.gw.store).await;
+    assert_eq!(rec["ok"], true, "{rec}");
+    let totals = rig.db.request_totals().await.unwrap();
+    println!("served {served} (backlog bound 40, {waiting} waiting when refused)");
+    assert_eq!(totals.requests, served, "none lost, none doubled");
     assert_eq!(totals.cost, usage_total(&rec));
 }
 

@@ -29,6 +29,7 @@ pub struct LedgerPolicy {
     pub batch_id_ttl: Duration,
     /// G2: the most entries one wallet's export queue may hold; past it
     /// `apply` answers `Unavailable` and the wallet stops admitting (503).
+    /// An empty queue takes a batch of any size.
     pub backlog_max: u64,
     /// G3 (memory store only): the most ledger entries kept, oldest dropped.
     pub memory_entries: usize,

@@ -86,7 +86,9 @@ if known > 0 then
 end
 if exporting then
   local waiting = redis.call('XLEN', export)
-  if waiting + n > backlog_max then
+  -- An empty queue takes any batch, so a batch that grew while the
+  -- database was away can never be refused for good.
+  if waiting > 0 and waiting + n > backlog_max then
     return { 'backlog', 'ledger export backlog of wallet ' .. wallet_id .. ' is full (' .. waiting .. ' entries)' }
   end
 end
