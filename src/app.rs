@@ -118,6 +118,10 @@ impl App {
     /// Work done once before serving: finish interrupted transfers, follow
     /// other instances' changes, retry undelivered mail.
     pub async fn boot(self: &Arc<Self>) -> Result<(), BootError> {
+        let upgraded = self.store.upgrade_layout().await.map_err(TeamError::from)?;
+        if upgraded > 0 {
+            tracing::warn!(upgraded, "store records brought to this version's layout");
+        }
         self.open_ledger().await?;
         let finished = self.teams.recover().await?;
         if finished > 0 {
@@ -155,8 +159,17 @@ impl App {
             );
             return Ok(());
         };
-        let db = Arc::new(LedgerDb::connect(&url.0).await?);
-        tracing::info!("ledger database connected; exporting ledger entries to it (G2)");
+        // No I/O yet: the gateway starts while PostgreSQL is away; the
+        // exporter migrates and connects when it can (the backlog waits).
+        let db = Arc::new(LedgerDb::open(&url.0)?);
+        match db.ensure_schema().await {
+            Ok(()) => tracing::info!("ledger database ready; exporting ledger entries to it (G2)"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "ledger database not reachable yet; entries wait in the store and are \
+                 exported when it is (G2)"
+            ),
+        }
         self.teams.use_ledger_db(db.clone());
         let exporter = Exporter::new(self.store.clone(), db.clone());
         self.tasks.spawn(exporter.run(self.shutdown.clone()));

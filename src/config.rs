@@ -346,8 +346,10 @@ impl Settings<'_> {
             .filter(|d| (1..=36_500).contains(d))
             .ok_or_else(|| self.invalid("ledger_retention_days", "must be 1 to 36500"))?;
         let ttl = n("batch_id_ttl_s", raw.batch_id_ttl_s, "86400")?;
-        if ttl == 0 {
-            return Err(self.invalid("batch_id_ttl_s", "must be at least 1"));
+        // A flush retries within seconds; a batch id forgotten before its
+        // last retry would let that retry apply twice.
+        if ttl < 600 {
+            return Err(self.invalid("batch_id_ttl_s", "must be at least 600 (10 minutes)"));
         }
         let entries = n("memory_ledger_entries", raw.memory_ledger_entries, "100000")?;
         let backlog_max = n("ledger_backlog_max", raw.ledger_backlog_max, "1000000")?.max(1);
@@ -502,17 +504,17 @@ mod tests {
             None,
             &env(&[
                 ("TOLLGATE_LEDGER_URL", "postgres://u:pw@127.0.0.1:5/l"),
-                ("TOLLGATE_BATCH_ID_TTL_S", "60"),
+                ("TOLLGATE_BATCH_ID_TTL_S", "3600"),
             ]),
         )
         .unwrap();
         assert!(c.ledger.policy().export);
-        assert_eq!(c.ledger.batch_id_ttl, Duration::from_secs(60));
+        assert_eq!(c.ledger.batch_id_ttl, Duration::from_secs(3600));
         assert!(!format!("{c:?}").contains("pw@"));
         for (k, v) in [
             ("TOLLGATE_LEDGER_URL", "mysql://x"),
             ("TOLLGATE_LEDGER_RETENTION_DAYS", "0"),
-            ("TOLLGATE_BATCH_ID_TTL_S", "0"),
+            ("TOLLGATE_BATCH_ID_TTL_S", "599"),
         ] {
             let err = Config::load(None, &env(&[(k, v)])).unwrap_err().to_string();
             assert!(err.contains(k), "{err}");

@@ -424,3 +424,86 @@ async fn connect_to_nothing_is_unavailable_not_a_hang() {
     let r = RedisStore::connect("not a url", PREFIX).await;
     assert!(matches!(r, Err(StoreError::Unavailable(_))));
 }
+
+/// Data written by apply v1 (every batch id in a set, every entry's index
+/// in `entries`, the ledger list) is brought to v2 at boot: deposits and
+/// transfers by id as JSON, settlement ids and the batch set gone; with
+/// export on, the list moved into the export stream. Run twice, the
+/// second changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_ledger_data_is_upgraded_once() {
+    let Some((server, store)) = redis_store("v1_ledger_data_is_upgraded_once").await else {
+        return;
+    };
+    let w = "user:usr_old";
+    let dep = deposit("dep_1", w, usd(5), Nanos::ZERO);
+    let stl = settlement("stl_1", w, "key_a", "usr_old", Nanos(7), at(2, 9));
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let k = |part: &str| format!("{PREFIX}{{{w}}}:{part}");
+    // The v1 layout, by hand.
+    let _: () = redis::pipe()
+        .cmd("SADD")
+        .arg(format!("{PREFIX}wallets"))
+        .arg(w)
+        .ignore()
+        .cmd("RPUSH")
+        .arg(k("ledger"))
+        .arg(serde_json::to_string(&dep).unwrap())
+        .ignore()
+        .cmd("RPUSH")
+        .arg(k("ledger"))
+        .arg(serde_json::to_string(&stl).unwrap())
+        .ignore()
+        .cmd("HSET")
+        .arg(k("entries"))
+        .arg("dep_1")
+        .arg("0")
+        .arg("stl_1")
+        .arg("1")
+        .ignore()
+        .cmd("SADD")
+        .arg(k("batches"))
+        .arg("b1")
+        .arg("b2")
+        .ignore()
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let store = store.with_policy(LedgerPolicy {
+        export: true,
+        ..LedgerPolicy::default()
+    });
+    let changed = store.upgrade_layout().await.unwrap();
+    assert_eq!(
+        changed,
+        2 + 1 + 2,
+        "two entries, the batch set, two list rows"
+    );
+    assert_eq!(
+        store.ledger_entry(w, "dep_1").await.unwrap(),
+        Some(dep.clone())
+    );
+    assert_eq!(store.ledger_entry(w, "stl_1").await.unwrap(), None);
+    let batches: bool = redis::cmd("EXISTS")
+        .arg(k("batches"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!batches);
+    let waiting: Vec<LedgerEntry> = store
+        .export_read(w, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.entry)
+        .collect();
+    assert_eq!(waiting, vec![dep, stl]);
+    let list: i64 = redis::cmd("LLEN")
+        .arg(k("ledger"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(list, 0);
+    assert_eq!(store.upgrade_layout().await.unwrap(), 0, "once");
+}

@@ -51,7 +51,7 @@ impl Exporter {
         Exporter { store, db }
     }
 
-    /// The loop; returns on shutdown after one last pass.
+    /// The loop; returns on shutdown (at once, even mid-pass).
     pub async fn run(self, shutdown: CancellationToken) {
         let wake = self.store.export_wake();
         let mut pending: BTreeSet<String> = BTreeSet::new();
@@ -68,10 +68,12 @@ impl Exporter {
                 }
             }
             pending.extend(self.store.export_dirty());
-            let failed = self.pass(&mut pending).await;
-            if shutdown.is_cancelled() {
-                break;
-            }
+            // Dropping a pass midway is safe: what was inserted and not yet
+            // acknowledged is inserted again, harmlessly, next time.
+            let failed = tokio::select! {
+                failed = self.pass(&mut pending) => failed,
+                () = shutdown.cancelled() => break,
+            };
             let wait = if failed {
                 let p = pause;
                 pause = (pause * 2).min(RETRY_LAST);

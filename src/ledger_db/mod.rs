@@ -31,6 +31,9 @@ const POOL_SIZE: usize = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The Owner's ledger view reads at most this many movements, the newest.
 pub const LEDGER_VIEW_MAX: i64 = 10_000;
+/// The most one database call may take (a PostgreSQL that hangs rather
+/// than refuses must not stall the exporter, a view, or shutdown).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// `pg_advisory_lock` key held while migrating (any fixed number).
 const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;
 
@@ -71,12 +74,32 @@ pub struct RequestTotals {
 /// A pool of connections to the ledger database.
 pub struct LedgerDb {
     pool: Pool,
+    /// Set once the schema is known to be at the latest version.
+    migrated: tokio::sync::OnceCell<()>,
+}
+
+/// `fut`, or `Db("timed out")` after `CALL_TIMEOUT`.
+async fn timed<T>(
+    fut: impl std::future::Future<Output = Result<T, LedgerDbError>>,
+) -> Result<T, LedgerDbError> {
+    tokio::time::timeout(CALL_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| Err(LedgerDbError::Db("timed out".into())))
 }
 
 impl LedgerDb {
-    /// Connect to `url` (`postgres://user:pass@host:port/db`), then bring
-    /// the schema to the latest version.
+    /// Connect to `url` and bring the schema to the latest version now
+    /// (tests, tools). The gateway uses `open`, which does neither until
+    /// first use, so it starts while PostgreSQL is away.
     pub async fn connect(url: &str) -> Result<LedgerDb, LedgerDbError> {
+        let db = LedgerDb::open(url)?;
+        db.ensure_schema().await?;
+        Ok(db)
+    }
+
+    /// A pool for `url` (`postgres://user:pass@host:port/db`), without
+    /// connecting: fails only on a malformed URL.
+    pub fn open(url: &str) -> Result<LedgerDb, LedgerDbError> {
         let mut pg: tokio_postgres::Config = url.parse().map_err(|_| LedgerDbError::BadUrl)?;
         pg.connect_timeout(CONNECT_TIMEOUT);
         pg.application_name("tollgate");
@@ -95,9 +118,19 @@ impl LedgerDb {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| LedgerDbError::Db(e.to_string()))?;
-        let db = LedgerDb { pool };
-        db.migrate().await?;
-        Ok(db)
+        Ok(LedgerDb {
+            pool,
+            migrated: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// Migrate once per process, on the first call that reaches PostgreSQL;
+    /// a failure is retried by the next call.
+    pub async fn ensure_schema(&self) -> Result<(), LedgerDbError> {
+        self.migrated
+            .get_or_try_init(|| timed(self.migrate()))
+            .await
+            .map(|_| ())
     }
 
     async fn migrate(&self) -> Result<(), LedgerDbError> {
@@ -121,6 +154,11 @@ impl LedgerDb {
     /// transaction; entries already there are left as they are (a replay
     /// after a crash). Answers how many entries were new.
     pub async fn insert(&self, entries: &[LedgerEntry]) -> Result<u64, LedgerDbError> {
+        self.ensure_schema().await?;
+        timed(self.insert_rows(entries)).await
+    }
+
+    async fn insert_rows(&self, entries: &[LedgerEntry]) -> Result<u64, LedgerDbError> {
         let rows = Rows::of(entries);
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await?;
@@ -172,6 +210,11 @@ impl LedgerDb {
 
     /// A wallet's movements, oldest first: the newest `LEDGER_VIEW_MAX`.
     pub async fn ledger(&self, wallet_id: &str) -> Result<Vec<LedgerEntry>, LedgerDbError> {
+        self.ensure_schema().await?;
+        timed(self.ledger_rows(wallet_id)).await
+    }
+
+    async fn ledger_rows(&self, wallet_id: &str) -> Result<Vec<LedgerEntry>, LedgerDbError> {
         let conn = self.pool.get().await?;
         let rows = conn
             .query(
@@ -191,6 +234,11 @@ impl LedgerDb {
 
     /// How many request records there are and what they cost in all.
     pub async fn request_totals(&self) -> Result<RequestTotals, LedgerDbError> {
+        self.ensure_schema().await?;
+        timed(self.totals()).await
+    }
+
+    async fn totals(&self) -> Result<RequestTotals, LedgerDbError> {
         let conn = self.pool.get().await?;
         let row = conn
             .query_one(
@@ -209,16 +257,21 @@ impl LedgerDb {
 
     /// Whether PostgreSQL answers (readiness).
     pub async fn ping(&self) -> Result<(), LedgerDbError> {
-        let conn = self.pool.get().await?;
-        conn.execute("SELECT 1", &[]).await?;
-        Ok(())
+        timed(async {
+            let conn = self.pool.get().await?;
+            conn.execute("SELECT 1", &[]).await?;
+            Ok(())
+        })
+        .await
     }
 }
 
 /// A wallet's movements as the Owner sees them (B9): what PostgreSQL has,
 /// plus what still waits in the store's export queue (so a call is in the
 /// view as soon as its wallet flushed, however far the export lags), each
-/// entry once, oldest first; at most `LEDGER_VIEW_MAX` from each side.
+/// entry once, oldest first, the newest `LEDGER_VIEW_MAX` of them. (With a
+/// backlog over `LEDGER_VIEW_MAX`, the queue's newest are left out until
+/// exported.) PostgreSQL keeps times to the microsecond.
 pub async fn wallet_ledger(
     db: &LedgerDb,
     store: &dyn Store,
@@ -237,6 +290,8 @@ pub async fn wallet_ledger(
             .filter(|e| !known.contains(&e.id)),
     );
     entries.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+    let extra = entries.len().saturating_sub(LEDGER_VIEW_MAX as usize);
+    entries.drain(..extra);
     Ok(entries)
 }
 

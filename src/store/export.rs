@@ -76,6 +76,11 @@ pub trait ExportStore: Send + Sync {
     async fn export_ack(&self, wallet_id: &str, cursors: &[String]) -> StoreResult<()>;
     /// Entries waiting in a wallet's queue.
     async fn export_backlog(&self, wallet_id: &str) -> StoreResult<u64>;
+    /// Bring data an older version of the store wrote to this layout, once,
+    /// at boot (before anything prunes); answers how many records changed.
+    async fn upgrade_layout(&self) -> StoreResult<u64> {
+        Ok(0)
+    }
     /// G3: drop kept ledger entries applied before `before`, and batch ids
     /// past their time; answers how many entries went.
     async fn prune_ledger(&self, before: DateTime<Utc>) -> StoreResult<u64>;

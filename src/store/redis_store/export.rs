@@ -90,6 +90,30 @@ impl ExportStore for RedisStore {
             .await
     }
 
+    /// apply v1 kept every batch id (a set per wallet), every entry's index
+    /// in the ledger list (`entries`), and always the list. Per wallet:
+    /// `entries` index values become the JSON of deposits and transfers
+    /// (settlement ids go); `batches` goes (v2 remembers batches by
+    /// expiring keys, so stop every instance before upgrading: a v1
+    /// batch retried across the upgrade would not be recognised); with
+    /// export on, the list moves into the export stream a chunk at a time
+    /// (a crash between copy and trim copies twice, which PostgreSQL
+    /// ignores by entry id).
+    async fn upgrade_layout(&self) -> StoreResult<u64> {
+        let mut changed = 0;
+        for w in self.smembers(&self.wallets_key()).await? {
+            changed += self.upgrade_entries(&w).await?;
+            let dropped: u64 = self
+                .q(redis::cmd("DEL").arg(self.wk(&w, "batches")))
+                .await?;
+            changed += dropped;
+            if self.policy.export {
+                changed += self.move_list_to_stream(&w).await?;
+            }
+        }
+        Ok(changed)
+    }
+
     /// G3: batch ids and high-water marks expire by themselves (Redis
     /// TTLs); the ledger lists are trimmed here, wallet by wallet.
     async fn prune_ledger(&self, before: DateTime<Utc>) -> StoreResult<u64> {
@@ -112,6 +136,89 @@ impl ExportStore for RedisStore {
             }
         }
         Ok(dropped)
+    }
+}
+
+impl RedisStore {
+    /// v1 `entries` values (list indexes) to v2 (deposit and transfer
+    /// JSON; settlement ids dropped).
+    async fn upgrade_entries(&self, w: &str) -> StoreResult<u64> {
+        let (entries, list) = (self.wk(w, "entries"), self.wk(w, "ledger"));
+        let mut cursor = 0u64;
+        let mut changed = 0;
+        loop {
+            let (next, flat): (u64, Vec<String>) = self
+                .q(redis::cmd("HSCAN")
+                    .arg(&entries)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(CHUNK))
+                .await?;
+            let v1: Vec<(&String, &String)> = flat
+                .chunks_exact(2)
+                .map(|p| (&p[0], &p[1]))
+                .filter(|(_, v)| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .collect();
+            if !v1.is_empty() {
+                let mut pipe = redis::pipe();
+                for (_, index) in &v1 {
+                    pipe.cmd("LINDEX").arg(&list).arg(*index);
+                }
+                let rows: Vec<Option<String>> = self.p(&pipe).await?;
+                let mut fix = redis::pipe();
+                for ((id, _), row) in v1.iter().zip(rows) {
+                    let entry = row.map(|r| decode::<LedgerEntry>(&list, &r)).transpose()?;
+                    match entry {
+                        Some(e) if e.id == **id && e.is_money_movement() => {
+                            fix.cmd("HSET")
+                                .arg(&entries)
+                                .arg(*id)
+                                .arg(super::encode(&e)?)
+                                .ignore();
+                        }
+                        _ => {
+                            fix.cmd("HDEL").arg(&entries).arg(*id).ignore();
+                        }
+                    }
+                    changed += 1;
+                }
+                self.p::<()>(&fix).await?;
+            }
+            if next == 0 {
+                return Ok(changed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// With export on, a v1 (or G3) ledger list goes to the export stream.
+    async fn move_list_to_stream(&self, w: &str) -> StoreResult<u64> {
+        let (list, stream) = (self.wk(w, "ledger"), self.wk(w, "export"));
+        let mut moved = 0;
+        loop {
+            let rows: Vec<String> = self
+                .q(redis::cmd("LRANGE").arg(&list).arg(0).arg(CHUNK - 1))
+                .await?;
+            if rows.is_empty() {
+                return Ok(moved);
+            }
+            let mut pipe = redis::pipe();
+            for r in &rows {
+                pipe.cmd("XADD")
+                    .arg(&stream)
+                    .arg("*")
+                    .arg("e")
+                    .arg(r)
+                    .ignore();
+            }
+            pipe.cmd("LTRIM")
+                .arg(&list)
+                .arg(rows.len())
+                .arg(-1)
+                .ignore();
+            self.p::<()>(&pipe).await?;
+            moved += rows.len() as u64;
+        }
     }
 }
 

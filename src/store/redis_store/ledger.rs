@@ -209,14 +209,20 @@ impl LedgerStore for RedisStore {
                 promo: nanos(field(2))?,
             })
         };
-        match field(0) {
-            Some("now") => {
-                if self.policy.export {
-                    self.signal.mark(&batch.wallet_id);
-                }
-                Ok((Applied::Now, balance()?))
+        let applied = match field(0) {
+            Some("now") => Some(Applied::Now),
+            Some("before") => Some(Applied::Before),
+            _ => None,
+        };
+        if let Some(applied) = applied {
+            // A retry answered `before` may be the first word of a batch
+            // whose first answer was lost: its entries wait too.
+            if self.policy.export {
+                self.signal.mark(&batch.wallet_id);
             }
-            Some("before") => Ok((Applied::Before, balance()?)),
+            return Ok((applied, balance()?));
+        }
+        match field(0) {
             Some("backlog") => Err(StoreError::Unavailable(
                 field(1).unwrap_or("ledger export backlog full").to_string(),
             )),
@@ -295,12 +301,6 @@ impl LedgerStore for RedisStore {
         let row: Option<String> = self.q(redis::cmd("HGET").arg(&key).arg(entry_id)).await?;
         match row {
             None => Ok(None),
-            // Written by apply v1, which kept an index into the ledger list.
-            Some(s) if s.bytes().all(|b| b.is_ascii_digit()) => {
-                let list = self.wk(wallet_id, "ledger");
-                let row: Option<String> = self.q(redis::cmd("LINDEX").arg(&list).arg(&s)).await?;
-                row.map(|r| decode(&list, &r)).transpose()
-            }
             Some(s) => decode(&key, &s).map(Some),
         }
     }

@@ -34,8 +34,9 @@
 //!
 //! # Money, atomicity, idempotency
 //! `apply` is one Lua script (`apply.lua`, beside this file): it checks everything
-//! (batch id seen -> `Before` with the stored balance; every entry is for
-//! this wallet; no entry id applied before; B10: no balance part, no
+//! (batch seen -> `Before` with the stored balance: a sequence at or below
+//! its writer's high-water mark, a remembered batch id, or deposits and
+//! transfers all kept by id already; every entry is for this wallet; B10: no balance part, no
 //! paid + promo and no usage counter past i64, compared exactly) before its
 //! first write, because Redis scripts do not roll back; a range refusal
 //! comes back as `StoreError::OutOfRange`. The reconciliation counters
@@ -44,8 +45,8 @@
 //! `usage_hi`, and `money_totals` sums every wallet in i128 (see
 //! `apply.lua`). Amounts cross as integer strings into `HINCRBY`; Lua never writes
 //! a sum of its own (its numbers are doubles; the range checks add exact
-//! 9-digit halves). The batch id joins the
-//! wallet's `batches` set in the same script, so a batch whose answer was
+//! 9-digit halves). The batch's sequence (or id) is remembered in
+//! the same script, for `batch_id_ttl_s`, so a batch whose answer was
 //! lost (a timeout, a dropped connection) and is sent again applies once.
 //!
 //! # Cluster caveats (why totals are per wallet)
