@@ -163,5 +163,7 @@ awk -F'\t' -v rounds="$ROUNDS" '
     printf "redis store + PostgreSQL:    %8.0f req/s (errors %d)\n", median(b, rounds), bad["exporter"]
     printf "exporter/no-exporter throughput: %.3fx (median of per-round ratios)\n", median(c, rounds)
   }' "$RESULTS"
-sort -g "$WORK/lag" 2>/dev/null | awk '{v[NR]=$1} END {if (NR) printf "export lag during the runs: median %.3f s, p99 %.3f s, max %.3f s (%d samples)\n", v[int((NR+1)/2)], v[int(NR*0.99)>0?int(NR*0.99):1], v[NR], NR}'
+sort -g "$WORK/lag" 2>/dev/null | awk '{ v[NR] = $1 }
+  END { if (NR) { p = int(NR * 0.99); if (p < 1) p = 1
+    printf "export lag during the runs: median %.3f s, p99 %.3f s, max %.3f s (%d samples)\n", v[int((NR + 1) / 2)], v[p], v[NR], NR } }'
 echo "backlog drained $drain s after the last run; request_records rows: $rows"
