@@ -51,6 +51,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod ids;
+pub mod limits;
 pub mod mailer;
 pub mod metrics;
 pub mod money;

@@ -15,6 +15,8 @@ use chrono::NaiveDate;
 use super::*;
 use crate::money::Nanos;
 
+mod limits;
+
 #[derive(Default)]
 struct Inner {
     users: HashMap<String, UserRecord>,
@@ -37,6 +39,8 @@ struct Inner {
     outbox: Vec<OutboxMessage>,
     events: Vec<EventRecord>,
     transfers: HashMap<String, TransferRecord>,
+    /// Limits records by subject id (Q1-Q3; memory/limits.rs).
+    limits: HashMap<String, LimitsRecord>,
 }
 
 #[derive(Default)]

@@ -15,6 +15,7 @@
 //! one on a concrete store (or a generic) needs its concern's trait in
 //! scope: `use crate::store::prelude::*;`.
 
+pub mod limits;
 pub mod memory;
 pub mod records;
 pub mod redis_store;
@@ -22,13 +23,14 @@ pub mod redis_store;
 use async_trait::async_trait;
 use chrono::NaiveDate;
 
+pub use limits::{LimitStore, LimitSubject, LimitsRecord, Period};
 pub use records::*;
 
 /// Every store trait, for callers that use a concrete store or a generic.
 pub mod prelude {
     pub use super::{
-        ChangeFeed, EventStore, IdempotencyStore, KeyStore, LedgerStore, Store, StoreInfo,
-        TeamStore, TransferStore, UsageStore, UserStore,
+        ChangeFeed, EventStore, IdempotencyStore, KeyStore, LedgerStore, LimitStore, Store,
+        StoreInfo, TeamStore, TransferStore, UsageStore, UserStore,
     };
 }
 
@@ -64,6 +66,7 @@ pub trait Store:
     + TransferStore
     + ChangeFeed
     + IdempotencyStore
+    + LimitStore
     + Send
     + Sync
     + 'static
@@ -81,6 +84,7 @@ impl<T> Store for T where
         + TransferStore
         + ChangeFeed
         + IdempotencyStore
+        + LimitStore
         + Send
         + Sync
         + 'static

@@ -21,6 +21,7 @@ use super::ledger::{Ledger, WalletError, WithdrawRule};
 use super::persist;
 use super::state::{settlement_id, Credited, State, WalletShared, WalletView};
 use crate::clock::Clock;
+use crate::limits::Charge;
 use crate::money::Nanos;
 use crate::store::{
     Applied, EntryKind, LedgerEntry, Store, UsageFacts, WalletBalance, WalletBatch,
@@ -33,6 +34,9 @@ pub enum Msg {
     Hold {
         request_id: u64,
         amount: Nanos,
+        /// Q1: the key and member it is charged to, with their spend
+        /// rules (wallet/limits.rs); `None` for an uncharged hold.
+        charge: Option<Charge>,
         reply_to: RpcReplyPort<Result<(), WalletError>>,
     },
     /// Debit the actual cost and release the hold (cast: nobody waits).
@@ -120,6 +124,8 @@ pub struct Args {
     /// The registry's tracker: every store write runs on it, so shutdown
     /// can wait for them.
     pub tasks: TaskTracker,
+    /// Q1: the spend of this wallet's keys and members (wallet/limits.rs).
+    pub book: super::limits::LimitBook,
 }
 
 pub struct WalletActor;
@@ -154,8 +160,9 @@ impl Actor for WalletActor {
             Msg::Hold {
                 request_id,
                 amount,
+                charge,
                 reply_to,
-            } => state.handle_hold(request_id, amount, reply_to),
+            } => state.handle_hold(request_id, amount, charge.as_ref(), reply_to),
             Msg::Settle {
                 request_id,
                 cost,
@@ -212,6 +219,7 @@ impl State {
         &mut self,
         request_id: u64,
         amount: Nanos,
+        charge: Option<&Charge>,
         reply_to: RpcReplyPort<Result<(), WalletError>>,
     ) {
         let result = if self.closed {
@@ -219,7 +227,8 @@ impl State {
         } else if self.flush_overdue() {
             Err(WalletError::Unavailable)
         } else {
-            self.ledger.hold(amount)
+            // Q1: limits and balance in one step (wallet/limits.rs).
+            self.limited_hold(request_id, amount, charge)
         };
         if result.is_ok() {
             self.holds.insert(request_id, amount);
@@ -237,6 +246,7 @@ impl State {
     ) {
         let held = self.holds.remove(&request_id).unwrap_or(Nanos::ZERO);
         let debit = self.ledger.settle(held, cost);
+        self.settle_limits(request_id, cost, &facts);
         self.pending.push(LedgerEntry {
             id: settlement_id(self.args.nonce, request_id),
             wallet_id: self.args.wallet_id.to_string(),
@@ -257,6 +267,7 @@ impl State {
         if let Some(held) = self.holds.remove(&request_id) {
             self.ledger.release(held);
         }
+        self.book.release(request_id);
         self.answer_close_waiters();
     }
 

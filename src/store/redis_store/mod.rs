@@ -70,6 +70,7 @@
 
 mod keys;
 mod ledger;
+mod limits;
 mod pubsub;
 mod records;
 mod usage;
