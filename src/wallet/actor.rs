@@ -96,6 +96,14 @@ pub enum Msg {
     },
     /// Another instance changed the stored balance: re-read it.
     Resync,
+    /// Q1 across instances: re-read the day buckets the spend limits count
+    /// (wallet/limits.rs); only while some limit applies here.
+    ResyncLimits,
+    LimitsRead {
+        /// `None`: the read failed (tried again later).
+        rows: Option<Vec<crate::store::UsageRow>>,
+        from: chrono::NaiveDate,
+    },
     ResyncDone {
         stored: WalletBalance,
         seq: u64,
@@ -189,6 +197,10 @@ impl Actor for WalletActor {
                 reply_to,
             } => state.handle_credit_done(&entry, result, reply_to),
             Msg::Resync => state.handle_resync(&myself),
+            Msg::ResyncLimits => state.handle_resync_limits(&myself),
+            Msg::LimitsRead { rows, from } => {
+                state.handle_limits_read(&myself, rows.as_deref(), from);
+            }
             Msg::ResyncDone { stored, seq } => state.handle_resync_done(&myself, stored, seq),
             Msg::Snapshot { reply_to } => state.handle_snapshot(reply_to),
             Msg::FlushNow { reply_to } => state.handle_flush_now(&myself, reply_to),

@@ -24,10 +24,11 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 
 use crate::limits::{Charge, SpendRule};
 use crate::money::Nanos;
-use crate::store::{EventRecord, Period, Store, UsageRow};
+use crate::store::{EventRecord, LedgerEntry, Period, Store, UsageRow};
 
-/// Days of per-day spend kept per subject: a month at most is summed.
-const KEEP_DAYS: i64 = 32;
+/// Days of per-day spend kept per subject: a month at most is summed,
+/// and a resync replaces at most `CALENDAR_DAYS`.
+const KEEP_DAYS: i64 = 40;
 /// How far back the day buckets are read at start (their retention).
 pub const LOAD_DAYS: i64 = crate::usage::MAX_DAYS as i64;
 
@@ -47,13 +48,21 @@ struct Tally {
     held: i128,
     /// The period (rule and first day) for which `quota.reached` was sent.
     reported: Option<(Period, Option<NaiveDate>)>,
+    /// Other instances' spend per day since this book was loaded: a lower
+    /// bound, raised by each resync (`rebase`), never lowered.
+    remote: BTreeMap<NaiveDate, i128>,
+    remote_total: i128,
 }
 
 impl Tally {
     fn spent(&self, period: Period, today: NaiveDate) -> i128 {
         match period.first_day(today) {
-            Some(first) => self.days.range(first..).map(|(_, v)| v).sum(),
-            None => self.total,
+            Some(first) => {
+                let here: i128 = self.days.range(first..).map(|(_, v)| v).sum();
+                let there: i128 = self.remote.range(first..).map(|(_, v)| v).sum();
+                here + there
+            }
+            None => self.total + self.remote_total,
         }
     }
 
@@ -63,6 +72,7 @@ impl Tally {
         if self.days.len() as i64 > KEEP_DAYS {
             let cutoff = day - Duration::days(KEEP_DAYS);
             self.days.retain(|d, _| *d > cutoff);
+            self.remote.retain(|d, _| *d > cutoff);
         }
     }
 
@@ -86,6 +96,24 @@ pub struct LimitBook {
     keys: HashMap<Arc<str>, Tally>,
     members: HashMap<Arc<str>, Tally>,
     holds: HashMap<u64, Reserved>,
+    /// How far back a resync must read: set by the rules charged so far.
+    watch: Watch,
+    /// A resync read is on its way; `again`: another was asked meanwhile
+    /// (reads are coalesced: at most one in the air per wallet).
+    reading: bool,
+    again: bool,
+}
+
+/// Which day buckets other instances' spend must be re-read from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+enum Watch {
+    /// No limit charged here yet: nothing to share.
+    #[default]
+    Nothing,
+    /// Day, week or month limits: this week and this month.
+    Calendar,
+    /// A `total` limit: every retained day.
+    Total,
 }
 
 impl LimitBook {
@@ -104,7 +132,7 @@ impl LimitBook {
         book
     }
 
-    fn add_rows(&mut self, rows: &[UsageRow]) {
+    fn add_rows<'a>(&mut self, rows: impl IntoIterator<Item = &'a UsageRow>) {
         for r in rows {
             let spend = i128::from(r.usage.spend.0);
             tally(&mut self.keys, &r.key_id).add(r.date, spend);
@@ -132,6 +160,12 @@ impl LimitBook {
         ];
         for (kind, id, rule, map) in sides {
             let Some(rule) = rule else { continue };
+            let watch = if rule.period == Period::Total {
+                Watch::Total
+            } else {
+                Watch::Calendar
+            };
+            self.watch = self.watch.max(watch);
             let t = map.get(&**id);
             if t.is_none_or(|t| t.fits(rule, today, amount)) {
                 continue;
@@ -196,6 +230,64 @@ impl LimitBook {
         let cost = i128::from(cost.0);
         tally(&mut self.keys, key_id).add(day, cost);
         tally(&mut self.members, member_id).add(day, cost);
+    }
+}
+
+impl LimitBook {
+    /// The first day a resync reads, if any limit applies here.
+    fn resync_from(&self, today: NaiveDate) -> Option<NaiveDate> {
+        match self.watch {
+            Watch::Nothing => None,
+            Watch::Calendar => Period::Week
+                .first_day(today)
+                .min(Period::Month.first_day(today)),
+            // The days the book keeps: a day older than that is in the
+            // spend loaded at start (other instances wrote it before).
+            Watch::Total => Some(today - Duration::days(KEEP_DAYS - 1)),
+        }
+    }
+
+    /// Q1 across instances. `rows` (the store's day buckets from `from`
+    /// on) hold the spend loaded at start, what this actor flushed, and
+    /// what other instances flushed. This book's `days` hold the first two
+    /// plus what is settled here but not yet written (`pending`). So
+    /// `rows - days + pending` is at least the other instances' spend (a
+    /// flush of ours racing the read only lowers it), and it only grows:
+    /// `remote` keeps its maximum, never counting a nano-dollar twice.
+    fn rebase(&mut self, rows: &[UsageRow], pending: &[LedgerEntry], from: NaiveDate) {
+        let mut stored = LimitBook::default();
+        stored.add_rows(rows.iter().filter(|r| r.date >= from));
+        let mut unwritten = LimitBook::default();
+        for e in pending {
+            let Some(f) = &e.usage else { continue };
+            let day = e.at.date_naive();
+            let cost = -i128::from(e.amount().0);
+            tally(&mut unwritten.keys, &f.key_id).add(day, cost);
+            tally(&mut unwritten.members, &f.member_id).add(day, cost);
+        }
+        raise_remote(&mut self.keys, &stored.keys, &unwritten.keys);
+        raise_remote(&mut self.members, &stored.members, &unwritten.members);
+    }
+}
+
+fn raise_remote(
+    book: &mut HashMap<Arc<str>, Tally>,
+    stored: &HashMap<Arc<str>, Tally>,
+    unwritten: &HashMap<Arc<str>, Tally>,
+) {
+    for (id, s) in stored {
+        let u = unwritten.get(id);
+        let t = tally(book, id);
+        for (day, in_store) in &s.days {
+            let here = t.days.get(day).copied().unwrap_or(0);
+            let pending = u.and_then(|u| u.days.get(day)).copied().unwrap_or(0);
+            let lower = in_store - here + pending;
+            let known = t.remote.entry(*day).or_default();
+            if lower > *known {
+                t.remote_total += lower - *known;
+                *known = lower;
+            }
+        }
     }
 }
 
@@ -271,6 +363,62 @@ impl super::state::State {
         Ok(())
     }
 
+    /// Another instance (or this one) wrote to this wallet: while a limit
+    /// applies here, re-read the day buckets the limits count, off the
+    /// mailbox.
+    pub(super) fn handle_resync_limits(&mut self, myself: &super::actor::WalletRef) {
+        let Some(from) = self.book.resync_from(self.args.clock.now().date_naive()) else {
+            return;
+        };
+        if self.book.reading {
+            self.book.again = true;
+            return;
+        }
+        self.book.reading = true;
+        let store = self.args.store.clone();
+        let id = self.args.wallet_id.clone();
+        let me = myself.clone();
+        self.args.tasks.spawn(async move {
+            let rows = match store.usage_rows(&id, from).await {
+                Ok(rows) => Some(rows),
+                Err(e) => {
+                    tracing::debug!(wallet = %id, error = %e, "spend resync failed");
+                    None
+                }
+            };
+            let _ = me.cast(super::actor::Msg::LimitsRead { rows, from });
+        });
+    }
+
+    /// Adopt the rows read by `handle_resync_limits` (`rebase`); a failed
+    /// read is tried again after a flush interval.
+    pub(super) fn handle_limits_read(
+        &mut self,
+        myself: &super::actor::WalletRef,
+        rows: Option<&[UsageRow]>,
+        from: NaiveDate,
+    ) {
+        self.book.reading = false;
+        match rows {
+            // No need to wait for a quiet moment: `rebase` is exact as a
+            // lower bound whatever was written meanwhile. Writes heard of
+            // during the read are read after a flush interval.
+            Some(rows) => {
+                self.book.rebase(rows, &self.pending, from);
+                // At most one read per flush interval per wallet.
+                if std::mem::take(&mut self.book.again) {
+                    let interval = self.args.flush_interval;
+                    myself.send_after(interval, || super::actor::Msg::ResyncLimits);
+                }
+            }
+            None => {
+                self.book.again = false;
+                let interval = self.args.flush_interval;
+                myself.send_after(interval, || super::actor::Msg::ResyncLimits);
+            }
+        }
+    }
+
     /// A settlement's spend, in the book on the day the ledger dates it.
     pub(super) fn settle_limits(
         &mut self,
@@ -331,5 +479,63 @@ mod tests {
         assert!(b.check(&total, Nanos(51), tomorrow).is_err());
         b.release(99);
         assert!(b.check(&charge(None), Nanos(1_000), now).is_ok());
+    }
+
+    #[test]
+    fn a_rebase_adopts_other_instances_spend_and_keeps_what_is_unwritten() {
+        use crate::store::{DayUsage, EntryKind, UsageFacts};
+        let now = Utc.with_ymd_and_hms(2026, 11, 30, 10, 0, 0).unwrap();
+        let today = now.date_naive();
+        let rule = SpendRule {
+            amount: Nanos(100),
+            period: Period::Month,
+        };
+        let c = charge(Some(rule));
+        let mut b = LimitBook::default();
+        b.check(&c, Nanos(1), now).unwrap();
+        // Settled here, 30 of it written (a row), 10 not yet (pending).
+        b.settle(1, "k", "m", Nanos(30), today);
+        b.settle(2, "k", "m", Nanos(10), today);
+        let row = |spend| UsageRow {
+            wallet_id: "w".into(),
+            key_id: "k".into(),
+            member_id: "m".into(),
+            date: today,
+            usage: DayUsage {
+                spend: Nanos(spend),
+                ..DayUsage::default()
+            },
+        };
+        let pending = LedgerEntry {
+            id: "stl:1".into(),
+            wallet_id: "w".into(),
+            kind: EntryKind::Settlement,
+            paid: Nanos(-10),
+            promo: Nanos::ZERO,
+            at: now,
+            reference: "r".into(),
+            usage: Some(UsageFacts {
+                key_id: "k".into(),
+                member_id: "m".into(),
+                team_id: None,
+                model: "m".into(),
+                usage: Default::default(),
+                status: Default::default(),
+            }),
+        };
+        // Another instance spent 50 more: the store says 80 for today.
+        let from = b.resync_from(today).unwrap();
+        b.rebase(&[row(80)], std::slice::from_ref(&pending), from);
+        assert!(
+            b.check(&c, Nanos(10), now).is_ok(),
+            "80 + 10 written or not"
+        );
+        assert!(b.check(&c, Nanos(11), now).is_err());
+        // A read that raced our own flush (it missed our 30) lowers nothing;
+        // a second read of the same rows counts nothing twice.
+        b.rebase(&[row(50)], std::slice::from_ref(&pending), from);
+        b.rebase(&[row(80)], std::slice::from_ref(&pending), from);
+        assert!(b.check(&c, Nanos(10), now).is_ok());
+        assert!(b.check(&c, Nanos(11), now).is_err());
     }
 }

@@ -187,6 +187,7 @@ impl WalletHandle {
         match self.slot.running() {
             Some(actor) => {
                 let _ = actor.cast(Msg::Resync);
+                let _ = actor.cast(Msg::ResyncLimits);
             }
             None => {
                 let me = self.clone();
