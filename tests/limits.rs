@@ -169,6 +169,10 @@ async fn periods_roll_over_at_utc_midnight_and_mondays_and_total_never() {
         .parse()
         .unwrap();
     assert!((1..=60).contains(&retry), "retry-after {retry}");
+    assert!(
+        r.headers().get("x-should-retry").is_none(),
+        "a minute: worth a retry"
+    );
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "quota_exceeded");
     assert!(
@@ -214,6 +218,7 @@ async fn periods_roll_over_at_utc_midnight_and_mondays_and_total_never() {
         r.headers().get("retry-after").is_none(),
         "total never resets"
     );
+    assert_eq!(r.headers()["x-should-retry"], "false", "SDKs stop retrying");
     g.clock
         .set(Utc.with_ymd_and_hms(2027, 1, 20, 12, 0, 0).unwrap());
     assert_eq!(call(&g, &key).await.status(), StatusCode::TOO_MANY_REQUESTS);

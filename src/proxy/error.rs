@@ -165,6 +165,17 @@ impl IntoResponse for ProxyError {
             resp.headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, s.into());
         }
+        if let ProxyError::QuotaExceeded { retry_after_s, .. } = self {
+            // OpenAI's SDKs retry a 429 after `retry-after` only up to a
+            // minute, and otherwise back off blindly: a spend limit that
+            // resets later (or never) tells them not to retry at all.
+            if retry_after_s.is_none_or(|s| s > 60) {
+                resp.headers_mut().insert(
+                    axum::http::HeaderName::from_static("x-should-retry"),
+                    axum::http::HeaderValue::from_static("false"),
+                );
+            }
+        }
         resp
     }
 }
