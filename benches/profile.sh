@@ -24,7 +24,11 @@ command -v valgrind >/dev/null && command -v curl >/dev/null && command -v jq >/
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind curl jq >/dev/null
 }
 export PATH="$HOME/.cargo/bin:$PATH"
-command -v oha >/dev/null || cargo install oha --locked --quiet
+# The load client: oha if installed (`cargo install oha`), else ab from
+# apache2-utils (an apt package: no compile; keep-alive, 4 connections).
+if ! command -v oha >/dev/null && ! command -v ab >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq apache2-utils >/dev/null
+fi
 if [[ -n "${PROFILE_TOLLGATE_BIN:-}" ]]; then
   TOLLGATE=$PROFILE_TOLLGATE_BIN
 else
@@ -66,9 +70,16 @@ if [[ -n "${PROFILE_LIMITS:-}" ]]; then
     -H "authorization: Bearer $SESSION" -d "$PROFILE_LIMITS" >/dev/null
 fi
 BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello! Please say hello back."}],"max_tokens":16}'
+printf '%s' "$BODY" >"$WORK/body.json"
 load() {
-  oha --no-tui -n "$1" -c 4 -m POST -T application/json -H "Authorization: Bearer $KEY" \
-    -d "$BODY" "$GW/v1/chat/completions"
+  if command -v oha >/dev/null; then
+    oha --no-tui -n "$1" -c 4 -m POST -T application/json -H "Authorization: Bearer $KEY" \
+      -d "$BODY" "$GW/v1/chat/completions"
+  else # ab: report its request counts in oha's status-line shape
+    ab -q -k -n "$1" -c 4 -p "$WORK/body.json" -T application/json \
+      -H "Authorization: Bearer $KEY" "$GW/v1/chat/completions" |
+      awk '/^(Complete requests|Failed requests|Non-2xx responses)/ {print "  [" $0 "]"}'
+  fi
 }
 
 callgrind_control -i on "$VG" >/dev/null

@@ -340,6 +340,20 @@ impl super::state::State {
         let Some(charge) = charge else {
             return self.ledger.hold(amount);
         };
+        let limited = charge.key_rule.is_some() || charge.member_rule.is_some();
+        if limited {
+            self.check_limits(charge, amount)?;
+        }
+        self.ledger.hold(amount)?;
+        // Reserved even with no limit in force: a limit set while this
+        // request is in flight counts it.
+        self.book.reserve(request_id, charge, amount);
+        Ok(())
+    }
+
+    /// Q1: refuse a hold past a limit (and record `quota.reached` the
+    /// first time in the period).
+    fn check_limits(&mut self, charge: &Charge, amount: Nanos) -> Result<(), super::WalletError> {
         let now = self.args.clock.now();
         if let Err(refusal) = self.book.check(charge, amount, now) {
             if let Some(reached) = refusal.event {
@@ -358,8 +372,6 @@ impl super::state::State {
                 resets_at: refusal.resets_at,
             });
         }
-        self.ledger.hold(amount)?;
-        self.book.reserve(request_id, charge, amount);
         Ok(())
     }
 
