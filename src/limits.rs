@@ -167,6 +167,13 @@ impl RateLimiter {
     }
 }
 
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
 impl RateState {
     /// Whole seconds until the window resets, at least 1 (`retry-after`).
     pub fn retry_after_s(&self) -> u64 {
@@ -174,38 +181,30 @@ impl RateState {
     }
 
     /// OpenAI's rate-limit headers: the requests triple when `rpm` is set,
-    /// the tokens triple when `tpm` is set.
+    /// the tokens triple when `tpm` is set. Names are constants; values are
+    /// formatted on the stack (the header map copies each once).
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        let reset = HeaderValue::from_str(&openai_duration(self.reset_ms)).ok();
-        let mut put = |limit: Option<u32>, used: u64, names: [&'static str; 3]| {
+        let mut buf = [0u8; 16];
+        let reset = HeaderValue::from_bytes(openai_duration_into(self.reset_ms, &mut buf)).ok();
+        let mut put = |limit: Option<u32>, used: u64, names: [HeaderName; 3]| {
             let Some(limit) = limit else { return };
+            let [limit_name, remaining_name, reset_name] = names;
             let remaining = u64::from(limit).saturating_sub(used);
-            headers.insert(HeaderName::from_static(names[0]), HeaderValue::from(limit));
-            headers.insert(
-                HeaderName::from_static(names[1]),
-                HeaderValue::from(remaining),
-            );
+            headers.insert(limit_name, HeaderValue::from(limit));
+            headers.insert(remaining_name, HeaderValue::from(remaining));
             if let Some(r) = &reset {
-                headers.insert(HeaderName::from_static(names[2]), r.clone());
+                headers.insert(reset_name, r.clone());
             }
         };
         put(
             self.rpm,
             self.requests,
-            [
-                "x-ratelimit-limit-requests",
-                "x-ratelimit-remaining-requests",
-                "x-ratelimit-reset-requests",
-            ],
+            [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS],
         );
         put(
             self.tpm,
             self.tokens,
-            [
-                "x-ratelimit-limit-tokens",
-                "x-ratelimit-remaining-tokens",
-                "x-ratelimit-reset-tokens",
-            ],
+            [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS],
         );
     }
 }
@@ -213,15 +212,33 @@ impl RateState {
 /// A duration as OpenAI's reset headers write it: `120ms`, `1s`, `59s`,
 /// `1m0s` (seconds rounded up).
 pub fn openai_duration(ms: u64) -> String {
+    let mut buf = [0u8; 16];
+    String::from_utf8_lossy(openai_duration_into(ms, &mut buf)).into_owned()
+}
+
+/// `openai_duration` written into `buf` (a reset is under an hour: at most
+/// `59m59s`, or `999ms`), without allocating.
+fn openai_duration_into(ms: u64, buf: &mut [u8; 16]) -> &[u8] {
+    let mut n = 0;
+    let mut push = |s: &[u8], buf: &mut [u8; 16]| {
+        let end = (n + s.len()).min(buf.len());
+        buf[n..end].copy_from_slice(&s[..end - n]);
+        n = end;
+    };
+    let mut num = itoa::Buffer::new();
     if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let s = ms.div_ceil(1000);
-    if s < 60 {
-        format!("{s}s")
+        push(num.format(ms).as_bytes(), buf);
+        push(b"ms", buf);
     } else {
-        format!("{}m{}s", s / 60, s % 60)
+        let s = ms.div_ceil(1000);
+        if s >= 60 {
+            push(num.format(s / 60).as_bytes(), buf);
+            push(b"m", buf);
+        }
+        push(num.format(s % 60).as_bytes(), buf);
+        push(b"s", buf);
     }
+    &buf[..n]
 }
 
 #[cfg(test)]

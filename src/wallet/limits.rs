@@ -17,10 +17,11 @@
 //! first use; nothing here allocates per request after that (a new UTC day
 //! adds one map node per subject).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
+use hashbrown::HashMap;
 
 use crate::limits::{Charge, SpendRule};
 use crate::money::Nanos;
@@ -291,12 +292,10 @@ fn raise_remote(
     }
 }
 
-/// The subject's tally, made on first use (the one allocation per subject).
+/// The subject's tally, made on first use (the one allocation per
+/// subject): one hash of `id`, with foldhash (hashbrown's default).
 fn tally<'a>(map: &'a mut HashMap<Arc<str>, Tally>, id: &str) -> &'a mut Tally {
-    if !map.contains_key(id) {
-        map.insert(Arc::from(id), Tally::default());
-    }
-    map.get_mut(id).expect("inserted above")
+    map.entry_ref(id).or_default()
 }
 
 /// N3: `quota.reached`, recorded in the event log of the wallet's team (a
