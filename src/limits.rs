@@ -184,6 +184,8 @@ impl RateState {
     /// the tokens triple when `tpm` is set. Names are constants; values are
     /// formatted on the stack (the header map copies each once).
     pub fn write_headers(&self, headers: &mut HeaderMap) {
+        // Room for all six at once: one growth of the map, not two.
+        headers.reserve(6);
         let mut buf = [0u8; 16];
         let reset = HeaderValue::from_bytes(openai_duration_into(self.reset_ms, &mut buf)).ok();
         let mut put = |limit: Option<u32>, used: u64, names: [HeaderName; 3]| {
