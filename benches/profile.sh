@@ -8,6 +8,8 @@
 # Usage: benches/profile.sh [N]          (default 5000 requests; ~2 minutes)
 #        PROFILE_OUT=/tmp/prof benches/profile.sh   (keep callgrind.out)
 #        PROFILE_TOLLGATE_BIN=/path/to/tollgate benches/profile.sh
+#        PROFILE_LIMITS='{"spend_limit":"1000000","rpm":1000000000,"tpm":1000000000}' \
+#          benches/profile.sh   (the key's limits, Q1-Q2, none by default)
 #
 # Callgrind, not perf: `perf stat -e instructions true` reports the counter
 # as not supported on this VM. Note that valgrind hides SHA-NI, so the key
@@ -22,7 +24,11 @@ command -v valgrind >/dev/null && command -v curl >/dev/null && command -v jq >/
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind curl jq >/dev/null
 }
 export PATH="$HOME/.cargo/bin:$PATH"
-command -v oha >/dev/null || cargo install oha --locked --quiet
+# The load client: oha if installed (`cargo install oha`), else ab from
+# apache2-utils (an apt package: no compile; keep-alive, 4 connections).
+if ! command -v oha >/dev/null && ! command -v ab >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq apache2-utils >/dev/null
+fi
 if [[ -n "${PROFILE_TOLLGATE_BIN:-}" ]]; then
   TOLLGATE=$PROFILE_TOLLGATE_BIN
 else
@@ -57,11 +63,23 @@ USER_ID=$(post /api/users "{\"email\":\"$EMAIL\",\"password\":\"profile-password
 SESSION=$(post /api/sessions "{\"email\":\"$EMAIL\",\"password\":\"profile-password\"}" | jq -r .token)
 post /api/admin/deposits "{\"user_id\":\"$USER_ID\",\"amount\":\"1000000\",\"kind\":\"stripe\"}" \
   -H "authorization: Bearer $OP" -H "Idempotency-Key: p$RANDOM$RANDOM" >/dev/null
-KEY=$(post /api/keys '{"name":"profile"}' -H "authorization: Bearer $SESSION" | jq -r .key)
+NEW_KEY=$(post /api/keys '{"name":"profile"}' -H "authorization: Bearer $SESSION")
+KEY=$(jq -r .key <<<"$NEW_KEY")
+if [[ -n "${PROFILE_LIMITS:-}" ]]; then
+  curl -sS -X PUT "$GW/api/keys/$(jq -r .id <<<"$NEW_KEY")/limits" -H 'content-type: application/json' \
+    -H "authorization: Bearer $SESSION" -d "$PROFILE_LIMITS" >/dev/null
+fi
 BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello! Please say hello back."}],"max_tokens":16}'
+printf '%s' "$BODY" >"$WORK/body.json"
 load() {
-  oha --no-tui -n "$1" -c 4 -m POST -T application/json -H "Authorization: Bearer $KEY" \
-    -d "$BODY" "$GW/v1/chat/completions"
+  if command -v oha >/dev/null; then
+    oha --no-tui -n "$1" -c 4 -m POST -T application/json -H "Authorization: Bearer $KEY" \
+      -d "$BODY" "$GW/v1/chat/completions"
+  else # ab: report its request counts in oha's status-line shape
+    ab -q -k -n "$1" -c 4 -p "$WORK/body.json" -T application/json \
+      -H "Authorization: Bearer $KEY" "$GW/v1/chat/completions" |
+      awk '/^(Complete requests|Failed requests|Non-2xx responses)/ {print "  [" $0 "]"}'
+  fi
 }
 
 callgrind_control -i on "$VG" >/dev/null

@@ -18,6 +18,9 @@
 //! - `auth`: the API key format and the key cache the proxy reads;
 //!   `auth::keys` is the one key-minting path, personal and team.
 //! - `pricing`: USD per million tokens per model; cost and hold estimates.
+//! - `limits`: what a cached key carries of its limits, the per-key rpm /
+//!   tpm counters and the spend rules sent with each hold (Q1-Q3); the
+//!   wallet actor decides spend limits with the hold (`wallet::limits`).
 //! - `wallet`: one actor per wallet (`wallet::actor`, one method per
 //!   message), the only writer of its balance, found through
 //!   `wallet::registry`; the pure arithmetic in `wallet::ledger`;
@@ -28,7 +31,8 @@
 //!   running twice at once.
 //! - `accounts`: users, sessions, personal keys; `accounts::rules` is the
 //!   role table as pure functions; `accounts::teams` the team lifecycle
-//!   rules; `accounts::invites` the invitations, which `mailer` delivers.
+//!   rules; `accounts::invites` the invitations, which `mailer` delivers;
+//!   `accounts::limits` who sets which limit.
 //! - `store`: the `Store` supertrait over one trait per concern, the record
 //!   types in `store::records`; `store::memory` and `store::redis_store`
 //!   (connection and key names, ledger, records, pub/sub), held to one
@@ -56,6 +60,7 @@ pub mod config;
 pub mod demo;
 pub mod ids;
 pub mod ledger_db;
+pub mod limits;
 pub mod mailer;
 pub mod metrics;
 pub mod money;

@@ -636,6 +636,39 @@ async fn idempotency_records_round_trip(s: &dyn Store) {
     assert_eq!(s.idempotency("deposit:other").await.unwrap(), None);
 }
 
+async fn limits_records_round_trip_per_subject(s: &dyn Store) {
+    let key = LimitSubject::Key("key_1".into());
+    let member = LimitSubject::Member {
+        team_id: "team_1".into(),
+        user_id: "key_1".into(),
+    };
+    assert_eq!(s.limits(&key).await.unwrap(), None);
+    let rec = LimitsRecord {
+        spend_limit: Some(Nanos(1_500_000_000)),
+        period: Some(Period::Week),
+        rpm: Some(1_000_000_000),
+        tpm: None,
+    };
+    s.put_limits(&key, &rec).await.unwrap();
+    assert_eq!(s.limits(&key).await.unwrap(), Some(rec));
+    assert_eq!(
+        s.limits(&member).await.unwrap(),
+        None,
+        "a member's record is not a key's with the same id"
+    );
+    let member_rec = LimitsRecord {
+        spend_limit: Some(Nanos(1)),
+        period: Some(Period::Total),
+        ..LimitsRecord::default()
+    };
+    s.put_limits(&member, &member_rec).await.unwrap();
+    assert_eq!(s.limits(&member).await.unwrap(), Some(member_rec));
+    assert_eq!(s.limits(&key).await.unwrap(), Some(rec));
+    // Cleared whole: as if never set.
+    s.put_limits(&key, &LimitsRecord::default()).await.unwrap();
+    assert_eq!(s.limits(&key).await.unwrap(), None);
+}
+
 async fn ping_answers(s: &dyn Store) {
     s.ping().await.unwrap();
     assert!(!s.kind().is_empty());
@@ -946,6 +979,7 @@ contract!(
     events_are_per_team_in_append_order,
     transfers_stay_until_finished,
     idempotency_records_round_trip,
+    limits_records_round_trip_per_subject,
     ping_answers,
     sequenced_batches_apply_once_per_writer,
     money_movements_are_recognised_after_batch_ids_expire,

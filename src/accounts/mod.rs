@@ -15,8 +15,10 @@
 //! - `invites`: invite, list, revoke, accept, and the invite mail.
 //! - `team_keys`: team keys (minted by `auth::keys`, like personal keys).
 //! - `reports`: who reads which usage.
+//! - `limits`: who sets which spend and rate limit (Q1, Q2).
 
 pub mod invites;
+pub mod limits;
 pub mod membership;
 pub mod names;
 pub mod password_pool;

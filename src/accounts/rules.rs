@@ -40,6 +40,16 @@ pub fn can_manage_keys(actor: Role) -> bool {
     actor != Role::Member
 }
 
+/// Set a member's spend limit (Q1): the Owner anyone's, an Admin only a
+/// Member's.
+pub fn can_set_member_limits(actor: Role, target: Role) -> bool {
+    match actor {
+        Role::Owner => true,
+        Role::Admin => target == Role::Member,
+        Role::Member => false,
+    }
+}
+
 /// Balance, deposits, ledger, warning (billing).
 pub fn can_see_billing(actor: Role) -> bool {
     actor == Role::Owner
@@ -72,6 +82,9 @@ mod tests {
         assert!(can_change_role(Owner, Member, Admin) && can_change_role(Owner, Admin, Member));
         assert!(!can_change_role(Admin, Member, Admin) && !can_change_role(Owner, Member, Owner));
         assert!(can_manage_keys(Owner) && can_manage_keys(Admin) && !can_manage_keys(Member));
+        assert!(can_set_member_limits(Owner, Owner) && can_set_member_limits(Owner, Admin));
+        assert!(can_set_member_limits(Admin, Member) && !can_set_member_limits(Admin, Admin));
+        assert!(!can_set_member_limits(Admin, Owner) && !can_set_member_limits(Member, Member));
         assert!(can_see_billing(Owner) && !can_see_billing(Admin) && !can_see_billing(Member));
         assert!(can_see_team_usage(Admin) && !can_see_team_usage(Member));
         assert!(can_delete_team(Owner) && !can_delete_team(Admin));

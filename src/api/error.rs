@@ -91,6 +91,7 @@ fn wallet_parts(e: &WalletError) -> (StatusCode, &'static str) {
         WalletError::Closed => (S::CONFLICT, "wallet_closed"),
         WalletError::Unavailable => (S::SERVICE_UNAVAILABLE, "unavailable"),
         WalletError::OutOfRange => (S::UNPROCESSABLE_ENTITY, "amount_out_of_range"),
+        WalletError::QuotaExceeded { .. } => (S::TOO_MANY_REQUESTS, "quota_exceeded"),
     }
 }
 

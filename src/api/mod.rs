@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod limits;
 pub mod strict;
 pub mod teams;
 pub mod usage;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use http_body_util::{BodyExt, Limited};
 use serde::de::DeserializeOwned;
@@ -37,6 +38,15 @@ pub fn router() -> Router<Arc<App>> {
         .route("/api/keys", post(users::create_key).get(users::list_keys))
         .route("/api/keys/{key_id}", delete(users::delete_key))
         .route("/api/keys/{key_id}/usage", get(usage::key))
+        .route("/api/keys/{key_id}/limits", put(limits::put_key))
+        .route(
+            "/api/teams/{team_id}/keys/{key_id}/limits",
+            put(limits::put_team_key),
+        )
+        .route(
+            "/api/teams/{team_id}/members/{user_id}/limits",
+            put(limits::put_member),
+        )
         .route("/api/me/usage", get(usage::me))
         .route("/api/teams/{team_id}/usage", get(usage::team))
         .route("/api/teams/{team_id}/usage/me", get(usage::team_me))

@@ -10,7 +10,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::users::key_view;
+use super::limits::limits_json;
+use super::users::{key_view, key_view_with_limits};
 use super::{ApiError, Body, CurrentUser};
 use crate::accounts::TeamError;
 use crate::store::{InviteRecord, LedgerEntry, Role};
@@ -91,14 +92,23 @@ pub async fn members(
     Path(team_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let members = app.teams.members(&team_id, &user.id).await?;
-    Ok(Json(Value::Array(
-        members
-            .into_iter()
-            .map(|(m, email)| {
-                json!({"user_id": m.user_id, "email": email, "role": m.role, "joined_at": m.joined_at})
-            })
-            .collect(),
-    )))
+    let (_, role) = app.teams.role_of(&team_id, &user.id).await?;
+    let rows = app
+        .teams
+        .limit_rows(&crate::wallet::team_wallet_id(&team_id))
+        .await?;
+    let mut out = Vec::with_capacity(members.len());
+    for (m, email) in members {
+        let mut v =
+            json!({"user_id": m.user_id, "email": email, "role": m.role, "joined_at": m.joined_at});
+        // Q1: Owner and Admin see everyone's limits, a Member their own.
+        if role != Role::Member || m.user_id == user.id {
+            let l = app.teams.member_limits(&team_id, &m.user_id, &rows).await?;
+            v["limits"] = limits_json(&l);
+        }
+        out.push(v);
+    }
+    Ok(Json(Value::Array(out)))
 }
 
 #[derive(Deserialize)]
@@ -262,7 +272,13 @@ pub async fn keys(
     Path(team_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let keys = app.teams.keys(&team_id, &user.id).await?;
-    Ok(Json(Value::Array(keys.iter().map(key_view).collect())))
+    let limits = app.teams.team_key_limits(&team_id, &keys).await?;
+    Ok(Json(Value::Array(
+        keys.iter()
+            .zip(&limits)
+            .map(|(k, l)| key_view_with_limits(k, l))
+            .collect(),
+    )))
 }
 
 pub async fn delete_key(

@@ -14,6 +14,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::limits::limits_json;
 use super::{ApiError, CurrentUser};
 use crate::store::{Role, UsageRow};
 use crate::usage::{self, Stats, Window, DEFAULT_DAYS};
@@ -102,9 +103,11 @@ pub async fn key(
     a: Ask,
 ) -> Result<Response, ApiError> {
     let (key, rows) = app.teams.key_usage(&user.id, &key_id, a.window).await?;
+    let all = app.teams.limit_rows(&key.wallet_id).await?;
+    let limits = limits_json(&app.teams.key_limits(&key, &all).await?);
     Ok(answer(&a, &rows, |s| {
         with_stats(
-            json!({"key_id": key.id, "name": key.name, "status": key.status}),
+            json!({"key_id": key.id, "name": key.name, "status": key.status, "limits": limits}),
             s,
         )
     }))
@@ -125,26 +128,26 @@ pub async fn team(
         return Ok(csv_response(usage::csv(a.window, &rows)));
     }
     let u = app.teams.team_usage(&team_id, &user.id, a.window).await?;
-    let by_member: Vec<Value> = u
-        .by_member
-        .iter()
-        .map(|m| {
-            with_stats(
-                json!({"user_id": m.user_id, "email": m.email, "left": m.left}),
-                &m.stats,
-            )
-        })
-        .collect();
-    let by_key: Vec<Value> = u
-        .by_key
-        .iter()
-        .map(|k| {
-            with_stats(
-                json!({"key_id": k.key_id, "name": k.name, "status": k.status}),
-                &k.stats,
-            )
-        })
-        .collect();
+    let all = app
+        .teams
+        .limit_rows(&crate::wallet::team_wallet_id(&team_id))
+        .await?;
+    let mut by_member: Vec<Value> = Vec::with_capacity(u.by_member.len());
+    for m in &u.by_member {
+        let l = app.teams.member_limits(&team_id, &m.user_id, &all).await?;
+        by_member.push(with_stats(
+            json!({"user_id": m.user_id, "email": m.email, "left": m.left, "limits": limits_json(&l)}),
+            &m.stats,
+        ));
+    }
+    let mut by_key: Vec<Value> = Vec::with_capacity(u.by_key.len());
+    for k in &u.by_key {
+        let l = app.teams.key_limits_by_id(&k.key_id, &all).await?;
+        by_key.push(with_stats(
+            json!({"key_id": k.key_id, "name": k.name, "status": k.status, "limits": limits_json(&l)}),
+            &k.stats,
+        ));
+    }
     Ok(Json(json!({
         "total": stats_json(&u.total),
         "by_member": by_member,

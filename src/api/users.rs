@@ -10,7 +10,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::limits::limits_json;
 use super::{ApiError, Body, CurrentUser};
+use crate::accounts::limits::LimitsView;
 use crate::store::{KeyRecord, UserRecord};
 use crate::App;
 
@@ -53,11 +55,14 @@ pub async fn me(
 /// `GET /api/me` and the operator's view of a user.
 pub async fn account_view(app: &App, user: &UserRecord) -> Result<Value, ApiError> {
     let a = app.teams.account(&user.id).await?;
-    let teams: Vec<Value> = a
-        .teams
-        .iter()
-        .map(|(t, role)| json!({"id": t.id, "name": t.name, "role": role}))
-        .collect();
+    let mut teams: Vec<Value> = Vec::with_capacity(a.teams.len());
+    for (t, role) in &a.teams {
+        // Q1: the user's own member limits in each team.
+        let limits = app.teams.own_member_limits(&t.id, &user.id).await?;
+        teams.push(
+            json!({"id": t.id, "name": t.name, "role": role, "limits": limits_json(&limits)}),
+        );
+    }
     Ok(json!({
         "id": user.id,
         "email": user.email,
@@ -82,6 +87,13 @@ pub fn key_view(k: &KeyRecord) -> Value {
         "created_at": k.created_at,
         "last_used_at": k.last_used_at,
     })
+}
+
+/// A key in a listing, with its limits object (Q1, Q2).
+pub fn key_view_with_limits(k: &KeyRecord, limits: &LimitsView) -> Value {
+    let mut v = key_view(k);
+    v["limits"] = limits_json(limits);
+    v
 }
 
 #[derive(Deserialize)]
@@ -109,7 +121,13 @@ pub async fn list_keys(
     CurrentUser(user): CurrentUser,
 ) -> Result<Json<Value>, ApiError> {
     let keys = app.accounts.personal_keys(&user).await?;
-    Ok(Json(Value::Array(keys.iter().map(key_view).collect())))
+    let limits = app.teams.personal_key_limits(&user.id, &keys).await?;
+    Ok(Json(Value::Array(
+        keys.iter()
+            .zip(&limits)
+            .map(|(k, l)| key_view_with_limits(k, l))
+            .collect(),
+    )))
 }
 
 pub async fn delete_key(

@@ -19,7 +19,8 @@ use dashmap::DashMap;
 
 use super::AuthError;
 use crate::ids::sha256;
-use crate::store::{KeyRecord, KeyStatus, Store};
+use crate::limits::{Charge, KeyLimits};
+use crate::store::{KeyRecord, KeyStatus, LimitSubject, Store, StoreError};
 use crate::wallet::{WalletHandle, WalletRegistry};
 
 /// What the proxy needs to know about a key, resolved once.
@@ -28,7 +29,23 @@ pub struct KeyEntry {
     pub member_id: Arc<str>,
     pub team_id: Option<Arc<str>>,
     pub wallet: WalletHandle,
+    /// Q1-Q3: the key's spend and rate limits and its member's spend
+    /// limit, as stored when the entry was filled; a change of limits
+    /// invalidates the entry (here and on every instance).
+    pub limits: KeyLimits,
     status: AtomicU8,
+}
+
+impl KeyEntry {
+    /// Q1: what a hold of this key is charged to.
+    pub fn charge(&self) -> Charge {
+        Charge {
+            key_id: self.key_id.clone(),
+            member_id: self.member_id.clone(),
+            key_rule: self.limits.key_rule,
+            member_rule: self.limits.member_rule,
+        }
+    }
 }
 
 impl KeyEntry {
@@ -118,7 +135,10 @@ impl KeyCache {
             .get(&record.wallet_id)
             .await
             .map_err(|_| AuthError::Unavailable)?;
-        let entry = Arc::new(entry_of(&record, wallet));
+        let limits = limits_of(store, &record)
+            .await
+            .map_err(|_| AuthError::Unavailable)?;
+        let entry = Arc::new(entry_of(&record, wallet, limits));
         self.hits.insert(hash, entry.clone());
         if self.epoch.load(Ordering::Acquire) != epoch {
             self.hits
@@ -158,8 +178,26 @@ impl KeyCache {
     }
 }
 
-fn entry_of(r: &KeyRecord, wallet: WalletHandle) -> KeyEntry {
+/// The stored limits of a key and, for a team key, of its member.
+async fn limits_of(store: &dyn Store, r: &KeyRecord) -> Result<KeyLimits, StoreError> {
+    let key = store.limits(&LimitSubject::Key(r.id.clone())).await?;
+    let member = match &r.team_id {
+        Some(team_id) => {
+            store
+                .limits(&LimitSubject::Member {
+                    team_id: team_id.clone(),
+                    user_id: r.member_id.clone(),
+                })
+                .await?
+        }
+        None => None,
+    };
+    Ok(KeyLimits::new(key.as_ref(), member.as_ref()))
+}
+
+fn entry_of(r: &KeyRecord, wallet: WalletHandle, limits: KeyLimits) -> KeyEntry {
     KeyEntry {
+        limits,
         key_id: Arc::from(r.id.as_str()),
         member_id: Arc::from(r.member_id.as_str()),
         team_id: r.team_id.as_deref().map(Arc::from),

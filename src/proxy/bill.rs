@@ -13,6 +13,7 @@ use super::meter::{clamp, estimate_tokens, resolve, Bounds, RawUsage};
 use super::request::prompt_bytes;
 use super::Route;
 use crate::auth::KeyEntry;
+use crate::clock::Clock;
 use crate::metrics;
 use crate::pricing::{Pricing, Usage};
 use crate::store::{RequestStatus, UsageFacts};
@@ -36,6 +37,8 @@ pub struct Billing {
     /// passes its hold by at most the window's input price (B6 allows one
     /// request's cost).
     pub bounds: Bounds,
+    /// The gateway's clock: the minute a settlement's tokens count in (Q2).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Billing {
@@ -92,6 +95,10 @@ impl Billing {
             usage,
             status,
         };
+        if let Some(rate) = &self.entry.limits.rate {
+            // Q2: tpm counts input + output as settled.
+            rate.spend_tokens(self.clock.now(), facts.usage.total_tokens());
+        }
         self.hold.settle(cost, self.reference, facts);
     }
 

@@ -39,9 +39,11 @@ use bytes::Bytes;
 pub use error::ProxyError;
 
 use crate::auth::KeyEntry;
+use crate::limits::RateState;
 use crate::metrics;
 use crate::pricing::ModelPrice;
 use crate::store::KeyStatus;
+use crate::wallet::WalletError;
 use crate::App;
 use bill::Billing;
 use meter::Bounds;
@@ -117,10 +119,15 @@ pub async fn handle(app: &Arc<App>, route: Route, req: Request) -> Response {
     let request_id = app.ids.next();
     // Formatted once: the ledger reference and the response header.
     let reference = app.ids.format(request_id);
-    let mut resp = match phases(app, route, request_id, &reference, req).await {
+    let mut rate = None;
+    let mut resp = match phases(app, route, request_id, &reference, req, &mut rate).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
+    // Q2: every response of a key with rate limits says where it stands.
+    if let Some(state) = rate {
+        state.write_headers(resp.headers_mut());
+    }
     if let Ok(v) = HeaderValue::from_str(&reference) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -163,12 +170,24 @@ async fn phases(
     request_id: u64,
     reference: &str,
     req: Request,
+    rate: &mut Option<RateState>,
 ) -> Result<Response, ProxyError> {
     let (mut parts, body) = req.into_parts();
 
     // 1-2. auth and gate.
     let entry = admit(app, &parts.headers).await?;
     strip_client_key(&mut parts.headers);
+
+    // 5a. rate limits (Q2), from the key's own counters, before any work.
+    if let Some(limiter) = &entry.limits.rate {
+        let (state, admitted) = limiter.admit(app.clock.now());
+        *rate = Some(state);
+        if !admitted {
+            return Err(ProxyError::RateLimited {
+                retry_after_s: state.retry_after_s(),
+            });
+        }
+    }
 
     // Body: bounded before it is read whole (P4).
     let body = read_body(&parts.headers, body, app.config.max_body_bytes).await?;
@@ -184,9 +203,20 @@ async fn phases(
     let bounds = hold_bounds(app, route, &probe, price, &body);
     let estimate = price.max_cost(bounds.max_input, bounds.max_output);
 
-    // 4. hold (B6).
-    let hold = match entry.wallet.hold(request_id, estimate).await {
+    // 4-5. hold (B6) and spend limits (Q1), decided together by the
+    // wallet's actor: the key's and the member's period spend plus their
+    // holds plus this one must stay within every limit.
+    let charge = entry.charge();
+    let hold = match entry
+        .wallet
+        .hold_charged(request_id, estimate, Some(&charge))
+        .await
+    {
         Ok(h) => h,
+        Err(WalletError::QuotaExceeded { resets_at }) => {
+            metrics::hold(false);
+            return Err(ProxyError::quota(resets_at, app.clock.now()));
+        }
         Err(e) => {
             metrics::hold(false);
             return Err(e.into());
@@ -214,6 +244,7 @@ async fn phases(
                 .unwrap_or(app.config.default_context_window),
             max_output: bounds.max_output,
         },
+        clock: app.clock.clone(),
     };
     let forwarded = if inject {
         // M10: inserted into the client's bytes, never re-encoded.
@@ -225,8 +256,6 @@ async fn phases(
     } else {
         body
     };
-
-    // 5. quota: per key / per member limits hook in here (SPEC Q1, Q2).
 
     // 6-8. forward, meter, settle.
     if streams {

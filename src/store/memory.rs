@@ -16,6 +16,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use super::*;
 use crate::money::Nanos;
 
+mod limits;
+
 #[derive(Default)]
 struct Inner {
     users: HashMap<String, UserRecord>,
@@ -50,6 +52,8 @@ struct Inner {
     outbox: Vec<OutboxMessage>,
     events: Vec<EventRecord>,
     transfers: HashMap<String, TransferRecord>,
+    /// Limits records by subject id (Q1-Q3; memory/limits.rs).
+    limits: HashMap<String, LimitsRecord>,
 }
 
 /// One retained ledger entry (G3), compact: its JSON in one allocation

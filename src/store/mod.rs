@@ -16,6 +16,7 @@
 //! scope: `use crate::store::prelude::*;`.
 
 pub mod export;
+pub mod limits;
 pub mod memory;
 pub mod records;
 pub mod redis_store;
@@ -24,13 +25,14 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 
 pub use export::{ExportSignal, ExportStore, Exported, LedgerPolicy};
+pub use limits::{LimitStore, LimitSubject, LimitsRecord, Period};
 pub use records::*;
 
 /// Every store trait, for callers that use a concrete store or a generic.
 pub mod prelude {
     pub use super::{
-        ChangeFeed, EventStore, ExportStore, IdempotencyStore, KeyStore, LedgerStore, Store,
-        StoreInfo, TeamStore, TransferStore, UsageStore, UserStore,
+        ChangeFeed, EventStore, ExportStore, IdempotencyStore, KeyStore, LedgerStore, LimitStore,
+        Store, StoreInfo, TeamStore, TransferStore, UsageStore, UserStore,
     };
 }
 
@@ -67,6 +69,7 @@ pub trait Store:
     + ChangeFeed
     + IdempotencyStore
     + ExportStore
+    + LimitStore
     + Send
     + Sync
     + 'static
@@ -85,6 +88,7 @@ impl<T> Store for T where
         + ChangeFeed
         + IdempotencyStore
         + ExportStore
+        + LimitStore
         + Send
         + Sync
         + 'static

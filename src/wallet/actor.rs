@@ -21,6 +21,7 @@ use super::ledger::{Ledger, WalletError, WithdrawRule};
 use super::persist;
 use super::state::{settlement_id, Credited, State, WalletShared, WalletView};
 use crate::clock::Clock;
+use crate::limits::Charge;
 use crate::money::Nanos;
 use crate::store::{
     Applied, EntryKind, LedgerEntry, Store, UsageFacts, WalletBalance, WalletBatch,
@@ -33,6 +34,9 @@ pub enum Msg {
     Hold {
         request_id: u64,
         amount: Nanos,
+        /// Q1: the key and member it is charged to, with their spend
+        /// rules (wallet/limits.rs); `None` for an uncharged hold.
+        charge: Option<Charge>,
         reply_to: RpcReplyPort<Result<(), WalletError>>,
     },
     /// Debit the actual cost and release the hold (cast: nobody waits).
@@ -92,6 +96,14 @@ pub enum Msg {
     },
     /// Another instance changed the stored balance: re-read it.
     Resync,
+    /// Q1 across instances: re-read the day buckets the spend limits count
+    /// (wallet/limits.rs); only while some limit applies here.
+    ResyncLimits,
+    LimitsRead {
+        /// `None`: the read failed (tried again later).
+        rows: Option<Vec<crate::store::UsageRow>>,
+        from: chrono::NaiveDate,
+    },
     ResyncDone {
         stored: WalletBalance,
         seq: u64,
@@ -120,6 +132,8 @@ pub struct Args {
     /// The registry's tracker: every store write runs on it, so shutdown
     /// can wait for them.
     pub tasks: TaskTracker,
+    /// Q1: the spend of this wallet's keys and members (wallet/limits.rs).
+    pub book: super::limits::LimitBook,
 }
 
 pub struct WalletActor;
@@ -154,8 +168,9 @@ impl Actor for WalletActor {
             Msg::Hold {
                 request_id,
                 amount,
+                charge,
                 reply_to,
-            } => state.handle_hold(request_id, amount, reply_to),
+            } => state.handle_hold(request_id, amount, charge.as_ref(), reply_to),
             Msg::Settle {
                 request_id,
                 cost,
@@ -182,6 +197,10 @@ impl Actor for WalletActor {
                 reply_to,
             } => state.handle_credit_done(&entry, result, reply_to),
             Msg::Resync => state.handle_resync(&myself),
+            Msg::ResyncLimits => state.handle_resync_limits(&myself),
+            Msg::LimitsRead { rows, from } => {
+                state.handle_limits_read(&myself, rows.as_deref(), from);
+            }
             Msg::ResyncDone { stored, seq } => state.handle_resync_done(&myself, stored, seq),
             Msg::Snapshot { reply_to } => state.handle_snapshot(reply_to),
             Msg::FlushNow { reply_to } => state.handle_flush_now(&myself, reply_to),
@@ -212,6 +231,7 @@ impl State {
         &mut self,
         request_id: u64,
         amount: Nanos,
+        charge: Option<&Charge>,
         reply_to: RpcReplyPort<Result<(), WalletError>>,
     ) {
         let result = if self.closed {
@@ -219,7 +239,8 @@ impl State {
         } else if self.flush_overdue() {
             Err(WalletError::Unavailable)
         } else {
-            self.ledger.hold(amount)
+            // Q1: limits and balance in one step (wallet/limits.rs).
+            self.limited_hold(request_id, amount, charge)
         };
         if result.is_ok() {
             self.holds.insert(request_id, amount);
@@ -237,6 +258,7 @@ impl State {
     ) {
         let held = self.holds.remove(&request_id).unwrap_or(Nanos::ZERO);
         let debit = self.ledger.settle(held, cost);
+        self.settle_limits(request_id, cost, &facts);
         self.pending.push(LedgerEntry {
             id: settlement_id(self.args.nonce, request_id),
             wallet_id: self.args.wallet_id.to_string(),
@@ -257,6 +279,7 @@ impl State {
         if let Some(held) = self.holds.remove(&request_id) {
             self.ledger.release(held);
         }
+        self.book.release(request_id);
         self.answer_close_waiters();
     }
 

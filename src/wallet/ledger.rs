@@ -21,6 +21,12 @@ pub enum WalletError {
     /// outside i64 nano-dollars; refused before anything is written.
     #[error("{}", crate::money::OutOfRange)]
     OutOfRange,
+    /// Q1: a spend limit of the key or its member would be passed; its
+    /// period resets at `resets_at` (never, for `total`).
+    #[error("spend limit reached")]
+    QuotaExceeded {
+        resets_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
 }
 
 /// One wallet's balance and outstanding holds.

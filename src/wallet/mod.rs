@@ -6,6 +6,7 @@
 
 pub mod actor;
 pub mod ledger;
+pub mod limits;
 mod persist;
 pub mod registry;
 mod state;
@@ -19,6 +20,7 @@ pub use ledger::{WalletError, WithdrawRule};
 pub use registry::WalletRegistry;
 pub use state::{Credited, WalletShared, WalletView};
 
+use crate::limits::Charge;
 use crate::money::Nanos;
 use crate::store::{LedgerEntry, UsageFacts};
 use actor::{Msg, WalletRef};
@@ -103,6 +105,19 @@ impl WalletHandle {
     /// B6: reserve `amount` for `request_id`. The returned `Hold` must be
     /// settled; dropped unsettled, it releases itself.
     pub async fn hold(&self, request_id: u64, amount: Nanos) -> Result<Hold, WalletError> {
+        self.hold_charged(request_id, amount, None).await
+    }
+
+    /// B6 and Q1: reserve `amount` for `request_id` if it also fits every
+    /// spend limit of `charge` (the key's, the member's): checked and
+    /// reserved by the actor in one step, so concurrent requests cannot
+    /// pass a limit. A limit's refusal is `WalletError::QuotaExceeded`.
+    pub async fn hold_charged(
+        &self,
+        request_id: u64,
+        amount: Nanos,
+        charge: Option<&Charge>,
+    ) -> Result<Hold, WalletError> {
         // The guard exists before the message is sent: if this future is
         // dropped while waiting (the client went away), or the hold is
         // refused, its `Drop` sends `Release`, which the mailbox delivers
@@ -118,6 +133,7 @@ impl WalletHandle {
         let msg = |reply_to| Msg::Hold {
             request_id,
             amount,
+            charge: charge.cloned(),
             reply_to,
         };
         let mut r = guard.actor.call(msg, None).await;
@@ -171,6 +187,7 @@ impl WalletHandle {
         match self.slot.running() {
             Some(actor) => {
                 let _ = actor.cast(Msg::Resync);
+                let _ = actor.cast(Msg::ResyncLimits);
             }
             None => {
                 let me = self.clone();

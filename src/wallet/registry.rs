@@ -117,7 +117,11 @@ impl Spawner {
             tracing::warn!(wallet = %wallet_id, error = %e, "cannot load wallet");
             WalletError::Unavailable
         })?;
+        let book =
+            super::limits::LimitBook::load(&*self.store, wallet_id, self.clock.now().date_naive())
+                .await;
         let args = Args {
+            book,
             wallet_id: wallet_id.clone(),
             team_id,
             ledger: Ledger::new(balance.paid, balance.promo, self.threshold),

@@ -100,11 +100,15 @@ pub struct State {
     pub(super) last_active: Instant,
     /// Whether any message other than an idle check arrived yet.
     pub(super) used: bool,
+    /// Q1: per key and member spend and holds (wallet/limits.rs).
+    pub(super) book: super::limits::LimitBook,
 }
 
 impl State {
-    pub(super) fn new(args: Args) -> State {
+    pub(super) fn new(mut args: Args) -> State {
+        let book = std::mem::take(&mut args.book);
         let state = State {
+            book,
             ledger: args.ledger,
             args,
             holds: HashMap::new(),

@@ -77,6 +77,7 @@
 mod export;
 mod keys;
 mod ledger;
+mod limits;
 mod pubsub;
 mod records;
 mod usage;
