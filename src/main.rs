@@ -43,7 +43,11 @@ enum Command {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // No colour codes where nobody sees colours (a file, a pipe, journald).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -84,15 +88,17 @@ async fn main() -> ExitCode {
 
 async fn serve(config: Config) -> Result<(), String> {
     let pricing = tollgate::pricing::Pricing::load(&config.pricing).map_err(|e| e.to_string())?;
+    let pricing =
+        tollgate::server::prepare(&config, pricing, &ProcessEnv).map_err(|e| e.to_string())?;
     let store = tollgate::server::open_store(&config)
         .await
         .map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = tollgate::server::bind(config.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let metrics = tokio::net::TcpListener::bind(config.metrics_listen)
+        .map_err(|e| e.to_string())?;
+    let metrics = tollgate::server::bind(config.metrics_listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.metrics_listen))?;
+        .map_err(|e| e.to_string())?;
     tracing::info!(listen = %config.listen, metrics = %config.metrics_listen, store = store.kind(), "tollgate serving");
     let app = std::sync::Arc::new(tollgate::App::new(config, store, pricing));
     app.boot()
