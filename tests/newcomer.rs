@@ -1,6 +1,7 @@
 //! What tripped a newcomer, through the real binary: `tollgate demo` on a
 //! busy port says "address in use" and names the port; logs written to a
-//! pipe carry no colour codes.
+//! pipe carry no colour codes; `tollgate healthcheck` (the image's
+//! HEALTHCHECK) passes only against a serving gateway.
 
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
@@ -48,4 +49,50 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
     read.unwrap();
     assert!(line.contains("mock upstream serving"), "{line:?} {err}");
     assert!(!line.contains('\u{1b}'), "colour codes in {line:?}");
+}
+
+#[test]
+fn the_healthcheck_command_fails_where_nothing_answers() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let out = Command::new(BIN)
+        .args(["healthcheck", "--addr", &port.to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn the_healthcheck_command_passes_against_a_serving_gateway() {
+    let mock = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = tollgate::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        upstream_url: format!("http://{}", mock.local_addr().unwrap()),
+        ..Default::default()
+    };
+    let pricing =
+        tollgate::pricing::Pricing::parse(include_str!("../config/pricing.toml"), "pricing")
+            .unwrap();
+    let store = std::sync::Arc::new(tollgate::store::memory::MemoryStore::new());
+    let running = tollgate::server::start(config, store, pricing)
+        .await
+        .unwrap();
+    let addr = running.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["healthcheck", "--addr", &addr])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    running.stop().await.unwrap();
 }
