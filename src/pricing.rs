@@ -37,6 +37,9 @@ pub enum PricingError {
     },
     #[error("pricing file {path}: {message}")]
     Invalid { path: String, message: String },
+    /// P7, at start: a model's upstream cannot be used.
+    #[error("pricing: {0}")]
+    Upstream(String),
 }
 
 #[derive(Deserialize)]
@@ -163,10 +166,7 @@ impl Pricing {
     /// name a set, non-empty variable of `env`, whose value becomes the
     /// model's `upstream_auth`. The first failure names its model.
     pub fn resolve_upstreams(&mut self, env: &dyn crate::config::Env) -> Result<(), PricingError> {
-        let invalid = |message: String| PricingError::Invalid {
-            path: "pricing".to_string(),
-            message,
-        };
+        let invalid = PricingError::Upstream;
         let mut names: Vec<&String> = self.models.keys().collect();
         names.sort_unstable();
         let names: Vec<String> = names.into_iter().cloned().collect();
