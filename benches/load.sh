@@ -349,7 +349,7 @@ if [[ -n "${LOAD_HTTPS:-}" ]]; then
         for (r = 1; r <= n; r++) {
           a[r] = rps[L,"tollgate_https",r] / rps[L,"tollgate",r]
           b[r] = p99[L,"tollgate_https",r] - p99[L,"tollgate",r]
-          c[r] = cpu[L,"tollgate_https",r] / cpu[L,"tollgate",r]
+          if (L == "closed") c[r] = cpu[L,"tollgate_https",r] / cpu[L,"tollgate",r]
         }
         printf "%-7s https/http upstream: throughput %.3fx, p99 %+.3f ms", L, median(a, n), median(b, n)
         if (L == "closed") printf ", gateway CPU per request %.2fx", median(c, n)
