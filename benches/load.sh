@@ -13,8 +13,15 @@
 # for the closed loop also each proxy's CPU time (user + system, from
 # /proc) per request, a steadier measure than throughput on a shared box.
 #
+# With LOAD_HTTPS=1, a fourth path (P7):
+#   tollgate_https  client -> tollgate -> the mock behind TLS (https://,
+#                   a CA made here with openssl, trusted by upstream_ca_file)
+# the same gateway process, a model priced alike whose upstream_url is
+# https://; the summary adds its throughput ratio to the http:// upstream.
+#
 # Usage: benches/load.sh            (default: ~4 minutes after the build)
 #        LOAD_QUICK=1 benches/load.sh   (one short round of each, ~1 minute)
+#        LOAD_HTTPS=1 benches/load.sh   (adds the https:// upstream path)
 # Knobs: LOAD_ROUNDS, LOAD_SECONDS, LOAD_CONNECTIONS (32), LOAD_RATE (5000),
 #        LOAD_OUT (a directory to keep raw results and logs in),
 #        LOAD_TOLLGATE_BIN (run that tollgate binary instead of building one).
@@ -96,6 +103,31 @@ UPSTREAM="http://127.0.0.1:$UP_PORT"
 PIDS+=($!)
 MOCK_PID=$!
 
+PRICING=config/pricing.toml
+if [[ -n "${LOAD_HTTPS:-}" ]]; then
+  # A CA and a certificate for 127.0.0.1 it signed; the mock behind TLS.
+  free_port UP_TLS_PORT
+  T="$WORK/tls"
+  mkdir -p "$T"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$T/ca.key" -out "$T/ca.pem" -days 2 -subj "/CN=tollgate load CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$T/up.key" -out "$T/up.csr" -subj "/CN=127.0.0.1" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$T/ext"
+  openssl x509 -req -in "$T/up.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" -CAcreateserial \
+    -out "$T/up.pem" -days 2 -extfile "$T/ext" 2>/dev/null
+  "$TOLLGATE" mock-upstream --listen "127.0.0.1:$UP_TLS_PORT" \
+    --tls-cert "$T/up.pem" --tls-key "$T/up.key" >"$OUT/mock-tls.log" 2>&1 &
+  PIDS+=($!)
+  PRICING="$WORK/pricing.toml"
+  { cat config/pricing.toml
+    printf '\n[models."gpt-4o-mini-tls"]\ninput = "0.15"\noutput = "0.60"\n'
+    printf 'cached_input = "0.075"\nupstream_url = "https://127.0.0.1:%s"\n' "$UP_TLS_PORT"
+  } >"$PRICING"
+  export TOLLGATE_UPSTREAM_CA_FILE="$T/ca.pem"
+fi
+
 mkdir -p "$WORK/nginx"
 cat >"$WORK/nginx/nginx.conf" <<EOF
 worker_processes auto;
@@ -134,7 +166,7 @@ TOLLGATE_LISTEN="127.0.0.1:$GW_PORT" \
 TOLLGATE_METRICS_LISTEN="127.0.0.1:$METRICS_PORT" \
 TOLLGATE_UPSTREAM_URL="$UPSTREAM" \
 TOLLGATE_OPERATOR_TOKEN="$OPERATOR_TOKEN" \
-TOLLGATE_PRICING=config/pricing.toml \
+TOLLGATE_PRICING="$PRICING" \
   "$TOLLGATE" serve >"$OUT/tollgate.log" 2>&1 &
 PIDS+=($!)
 TOLLGATE_PID=$!
@@ -169,11 +201,21 @@ declare -A URL=(
   [tollgate]="$GW/v1/chat/completions"
 )
 TARGETS=(direct nginx tollgate)
+declare -A BODY_OF=([direct]="$BODY" [nginx]="$BODY" [tollgate]="$BODY")
+if [[ -n "${LOAD_HTTPS:-}" ]]; then
+  URL[tollgate_https]="$GW/v1/chat/completions"
+  BODY_OF[tollgate_https]=${BODY/gpt-4o-mini/gpt-4o-mini-tls}
+  TARGETS+=(tollgate_https)
+  check=$(curl -s -o /dev/null -w '%{http_code}' "$GW/v1/chat/completions" \
+    -H "authorization: Bearer $KEY" -H 'content-type: application/json' -d "${BODY_OF[tollgate_https]}")
+  [[ "$check" == 200 ]] || { log "a call through the https:// upstream answered $check"; exit 1; }
+fi
 
 # ---- load generators -----------------------------------------------------
-cat >"$WORK/post.lua" <<EOF
+for t in "${TARGETS[@]}"; do
+cat >"$WORK/post-$t.lua" <<EOF
 wrk.method = "POST"
-wrk.body = '$BODY'
+wrk.body = '${BODY_OF[$t]}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $KEY"
 done = function(summary, latency, requests)
@@ -185,6 +227,7 @@ done = function(summary, latency, requests)
     e.connect + e.read + e.write + e.timeout, summary.requests))
 end
 EOF
+done
 
 # CPU time (user + system, clock ticks) of a process and its children
 # (nginx's workers): what one path's proxy spent.
@@ -197,14 +240,14 @@ cpu_ticks() { # pid...
   echo "$total"
 }
 proxy_pid() { # target -> pid of its proxy (none for direct)
-  case $1 in nginx) echo "$NGINX_PID" ;; tollgate) echo "$TOLLGATE_PID" ;; *) echo "" ;; esac
+  case $1 in nginx) echo "$NGINX_PID" ;; tollgate*) echo "$TOLLGATE_PID" ;; *) echo "" ;; esac
 }
 
 closed() { # target seconds -> "rps p50_ms p99_ms bad proxy_cpu_us_per_req"
   local line pid before after cpu=-
   pid=$(proxy_pid "$1")
   [[ -n "$pid" ]] && before=$(cpu_ticks "$pid")
-  line=$(timeout $(($2 + 30)) wrk -t2 -c"$CONNECTIONS" -d"${2}s" -s "$WORK/post.lua" \
+  line=$(timeout $(($2 + 30)) wrk -t2 -c"$CONNECTIONS" -d"${2}s" -s "$WORK/post-$1.lua" \
     "${URL[$1]}" | grep '^RESULT')
   if [[ -n "$pid" ]]; then
     after=$(cpu_ticks "$pid")
@@ -217,7 +260,7 @@ open_loop() { # target seconds -> "rps p50_ms p99_ms bad"
   local json="$WORK/oha.json"
   timeout $(($2 + 30)) oha --no-tui --output-format json -o "$json" \
     -z "${2}s" -q "$RATE" --latency-correction -c "$CONNECTIONS" \
-    -m POST -T application/json -H "Authorization: Bearer $KEY" -d "$BODY" \
+    -m POST -T application/json -H "Authorization: Bearer $KEY" -d "${BODY_OF[$1]}" \
     "${URL[$1]}" >/dev/null
   jq -r '[.summary.requestsPerSec,
           .latencyPercentiles.p50 * 1000, .latencyPercentiles.p99 * 1000,
@@ -291,5 +334,28 @@ awk -F'\t' -v rounds="$ROUNDS" '
     printf "\ntarget: closed-loop throughput >= 0.90x nginx: %.3fx %s\n", tp, tp >= 0.9 ? "met" : "MISSED"
     printf "target: open-loop p99 added over direct <= 0.25 ms: %+.3f ms %s\n", added, added <= 0.25 ? "met" : "MISSED"
   }' "$RESULTS"
+if [[ -n "${LOAD_HTTPS:-}" ]]; then
+  # P7: the same gateway, the upstream behind TLS or not; ratios per round.
+  awk -F'\t' '
+    function median(a, n,   i, j, t) {
+      for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
+      return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
+    }
+    NR > 1 { rps[$1,$3,$2] = $4; p99[$1,$3,$2] = $6; cpu[$1,$3,$2] = $8; if ($2 > n) n = $2 }
+    END {
+      split("closed open", loads, " ")
+      for (l = 1; l <= 2; l++) {
+        L = loads[l]
+        for (r = 1; r <= n; r++) {
+          a[r] = rps[L,"tollgate_https",r] / rps[L,"tollgate",r]
+          b[r] = p99[L,"tollgate_https",r] - p99[L,"tollgate",r]
+          if (L == "closed") c[r] = cpu[L,"tollgate_https",r] / cpu[L,"tollgate",r]
+        }
+        printf "%-7s https/http upstream: throughput %.3fx, p99 %+.3f ms", L, median(a, n), median(b, n)
+        if (L == "closed") printf ", gateway CPU per request %.2fx", median(c, n)
+        printf "\n"
+      }
+    }' "$RESULTS"
+fi
 echo
 echo "raw results: $RESULTS$([[ -n "${LOAD_OUT:-}" ]] || echo ' (deleted on exit; set LOAD_OUT to keep)')"

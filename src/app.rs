@@ -104,6 +104,7 @@ impl App {
                 config.upstream_api_key.as_ref().map(|s| s.0.as_str()),
                 config.upstream_connect_timeout,
                 config.upstream_read_timeout,
+                config.upstream_ca_file.clone(),
             ),
             ids,
             locks: KeyedLocks::default(),

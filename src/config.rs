@@ -83,6 +83,10 @@ struct RawConfig {
     batch_id_ttl_s: Option<u64>,
     memory_ledger_entries: Option<u64>,
     ledger_backlog_max: Option<u64>,
+    upstream_ca_file: Option<String>,
+    client_header_timeout_ms: Option<u64>,
+    client_idle_timeout_ms: Option<u64>,
+    max_connections: Option<u64>,
 }
 
 /// Which store backs the gateway. Exactly one, never a silent fallback.
@@ -139,6 +143,16 @@ pub struct Config {
     pub mailer_webhook_url: Option<String>,
     /// How long team deletion waits for in-flight requests (D1).
     pub team_close_wait: Duration,
+    /// Extra PEM roots trusted for `https://` upstreams, beside the
+    /// system's (P7).
+    pub upstream_ca_file: Option<PathBuf>,
+    /// How long a client has to send a whole request head (S2).
+    pub client_header_timeout: Duration,
+    /// How long a keep-alive client connection may sit idle (S2).
+    pub client_idle_timeout: Duration,
+    /// Client connections open at once at most; past it, new ones wait
+    /// in the listen backlog (S2).
+    pub max_connections: usize,
     /// Where the ledger and per-request records live (G1-G3).
     pub ledger: LedgerConfig,
 }
@@ -205,6 +219,7 @@ impl Config {
     fn from_raw(raw: RawConfig, env: &dyn Env, origin: &str) -> Result<Config, ConfigError> {
         let s = Settings { env, origin };
         let ledger = s.ledger(&raw)?;
+        let (client_header_timeout, client_idle_timeout, max_connections) = s.connections(&raw)?;
         let listen: SocketAddr = s.parsed("listen", raw.listen, "127.0.0.1:8080")?;
         let store = s.store(raw.store)?;
         let suspend_threshold = s.amount("suspend_threshold", raw.suspend_threshold, "0.05")?;
@@ -281,6 +296,10 @@ impl Config {
                 .filter(|u| !u.is_empty()),
             team_close_wait: millis("team_close_wait_ms", raw.team_close_wait_ms, "60000")?,
             ledger,
+            upstream_ca_file: s.path("upstream_ca_file", raw.upstream_ca_file),
+            client_header_timeout,
+            client_idle_timeout,
+            max_connections,
         })
     }
 }
@@ -315,6 +334,40 @@ impl Settings<'_> {
             origin: self.origin_of(key),
             message: message.to_string(),
         }
+    }
+
+    /// A file path; unset or empty: none.
+    fn path(&self, key: &'static str, file: Option<String>) -> Option<PathBuf> {
+        self.text(key, file)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    }
+
+    /// S2: the header and idle timeouts (at least 1 ms) and the
+    /// connection limit (at least 1).
+    fn connections(&self, raw: &RawConfig) -> Result<(Duration, Duration, usize), ConfigError> {
+        let ms = |key, v: Option<u64>, d| {
+            self.parsed::<u64>(key, v.map(|v| v.to_string()), d)
+                .map(|n| Duration::from_millis(n.max(1)))
+        };
+        let max: u64 = self.parsed(
+            "max_connections",
+            raw.max_connections.map(|v| v.to_string()),
+            "10000",
+        )?;
+        Ok((
+            ms(
+                "client_header_timeout_ms",
+                raw.client_header_timeout_ms,
+                "10000",
+            )?,
+            ms(
+                "client_idle_timeout_ms",
+                raw.client_idle_timeout_ms,
+                "60000",
+            )?,
+            usize::try_from(max.max(1)).unwrap_or(usize::MAX),
+        ))
     }
 
     /// `store`: `memory` or a redis:// URL, never a silent fallback.
@@ -385,8 +438,8 @@ impl Settings<'_> {
         let url = self
             .text("upstream_url", file)
             .unwrap_or_else(|| "http://127.0.0.1:9000".into());
-        if !url.starts_with("http://") {
-            return Err(self.invalid("upstream_url", "must be an http:// URL"));
+        if let Err(why) = crate::proxy::upstream::target(&url) {
+            return Err(self.invalid("upstream_url", &format!("{url:?} {why}")));
         }
         Ok(url)
     }
@@ -519,6 +572,38 @@ mod tests {
             let err = Config::load(None, &env(&[(k, v)])).unwrap_err().to_string();
             assert!(err.contains(k), "{err}");
         }
+    }
+
+    #[test]
+    fn connection_bounds_and_the_ca_file_load_with_their_defaults() {
+        let d = Config::default();
+        assert_eq!(d.client_header_timeout, Duration::from_secs(10));
+        assert_eq!(d.client_idle_timeout, Duration::from_secs(60));
+        assert_eq!(d.max_connections, 10_000);
+        assert!(d.upstream_ca_file.is_none());
+        let c = Config::load(
+            None,
+            &env(&[
+                ("TOLLGATE_CLIENT_HEADER_TIMEOUT_MS", "250"),
+                ("TOLLGATE_CLIENT_IDLE_TIMEOUT_MS", "500"),
+                ("TOLLGATE_MAX_CONNECTIONS", "50"),
+                ("TOLLGATE_UPSTREAM_CA_FILE", "/etc/ca.pem"),
+                ("TOLLGATE_UPSTREAM_URL", "https://api.example.com/v1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.client_header_timeout, Duration::from_millis(250));
+        assert_eq!(c.client_idle_timeout, Duration::from_millis(500));
+        assert_eq!(c.max_connections, 50);
+        assert_eq!(c.upstream_ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(c.upstream_url, "https://api.example.com/v1");
+        let err = Config::load(None, &env(&[("TOLLGATE_UPSTREAM_URL", "ftp://x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("upstream_url") && err.contains("https://"),
+            "{err}"
+        );
     }
 
     #[test]

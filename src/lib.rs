@@ -6,7 +6,9 @@
 //!
 //! # Layout
 //! In the order a proxied request meets them:
-//! - `server`: listeners and graceful shutdown; `run` and `start` live here.
+//! - `server`: listeners and graceful shutdown; `run` and `start` live here;
+//!   `connections` is the accept loop with S2's connection limit and header
+//!   and idle deadlines.
 //! - `app`: `App`, everything a handler can reach; `boot`; the one tracker
 //!   of background tasks that `server::run` awaits on shutdown.
 //! - `proxy`: THE HOT PATH, phase by phase (auth, gate, price, hold,
@@ -57,6 +59,7 @@ pub mod auth;
 pub mod billing;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod demo;
 pub mod ids;
 pub mod ledger_db;

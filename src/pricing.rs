@@ -37,6 +37,9 @@ pub enum PricingError {
     },
     #[error("pricing file {path}: {message}")]
     Invalid { path: String, message: String },
+    /// P7, at start: a model's upstream cannot be used.
+    #[error("pricing: {0}")]
+    Upstream(String),
 }
 
 #[derive(Deserialize)]
@@ -54,6 +57,7 @@ struct RawModel {
     cached_input: Option<String>,
     max_output_tokens: Option<u64>,
     upstream_url: Option<String>,
+    upstream_api_key_env: Option<String>,
     context_window: Option<u64>,
 }
 
@@ -66,6 +70,12 @@ pub struct ModelPrice {
     pub output: Decimal,
     pub max_output_tokens: Option<u64>,
     pub upstream_url: Option<String>,
+    /// The environment variable holding this model's upstream key (P7).
+    pub upstream_api_key_env: Option<String>,
+    /// `Bearer <that key>`, read by `resolve_upstreams` at start; sent
+    /// instead of the gateway's `upstream_api_key`. Sensitive: never
+    /// printed.
+    pub upstream_auth: Option<axum::http::HeaderValue>,
     /// The most input tokens a call can carry (M3, M7), where set.
     pub context_window: Option<u64>,
 }
@@ -141,12 +151,48 @@ impl Pricing {
                     cached_input,
                     output,
                     max_output_tokens: m.max_output_tokens,
-                    upstream_url: m.upstream_url,
+                    upstream_url: m.upstream_url.map(|u| u.trim_end_matches('/').to_string()),
+                    upstream_api_key_env: m.upstream_api_key_env,
+                    upstream_auth: None,
                     context_window: m.context_window,
                 },
             );
         }
         Ok(Pricing { models })
+    }
+
+    /// P7, at start: every model's `upstream_url` must be a usable
+    /// `http://` or `https://` URL, and every `upstream_api_key_env` must
+    /// name a set, non-empty variable of `env`, whose value becomes the
+    /// model's `upstream_auth`. The first failure names its model.
+    pub fn resolve_upstreams(&mut self, env: &dyn crate::config::Env) -> Result<(), PricingError> {
+        let invalid = PricingError::Upstream;
+        let mut names: Vec<&String> = self.models.keys().collect();
+        names.sort_unstable();
+        let names: Vec<String> = names.into_iter().cloned().collect();
+        for name in names {
+            let Some(m) = self.models.get_mut(&name) else {
+                continue;
+            };
+            if let Some(url) = &m.upstream_url {
+                crate::proxy::upstream::target(url).map_err(|why| {
+                    invalid(format!("model `{name}`: upstream_url {url:?} {why}"))
+                })?;
+            }
+            if let Some(var) = &m.upstream_api_key_env {
+                let key = env.var(var).filter(|k| !k.is_empty()).ok_or_else(|| {
+                    invalid(format!(
+                        "model `{name}`: upstream_api_key_env names {var}, which is not set"
+                    ))
+                })?;
+                m.upstream_auth = Some(crate::proxy::upstream::bearer(&key).ok_or_else(|| {
+                    invalid(format!(
+                        "model `{name}`: the key in {var} is not a valid header value"
+                    ))
+                })?);
+            }
+        }
+        Ok(())
     }
 
     pub fn get(&self, model: &str) -> Option<&ModelPrice> {
@@ -171,6 +217,37 @@ mod tests {
             "config/pricing.toml",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn upstreams_are_checked_at_start_naming_the_model() {
+        let env: HashMap<String, String> = [("UP_KEY".to_string(), "sk-1".to_string())].into();
+        let text = |url: &str, var: &str| {
+            format!(
+                "[models.a]\ninput = \"1\"\noutput = \"1\"\n\
+                 [models.bad-one]\ninput = \"1\"\noutput = \"1\"\n\
+                 upstream_url = \"{url}\"\nupstream_api_key_env = \"{var}\"\n"
+            )
+        };
+        let mut ok = Pricing::parse(&text("https://api.example.com/v1/", "UP_KEY"), "t").unwrap();
+        ok.resolve_upstreams(&env).unwrap();
+        let m = ok.get("bad-one").unwrap();
+        assert_eq!(
+            m.upstream_url.as_deref(),
+            Some("https://api.example.com/v1")
+        );
+        assert_eq!(m.upstream_auth.as_ref().unwrap(), "Bearer sk-1");
+        assert!(!format!("{m:?}").contains("sk-1"), "the key never prints");
+        assert!(ok.get("a").unwrap().upstream_auth.is_none());
+        for (url, var, says) in [
+            ("ftp://x", "UP_KEY", "http:// or https://"),
+            ("https://x?y=1", "UP_KEY", "query"),
+            ("http://x", "NOT_SET_ANYWHERE", "NOT_SET_ANYWHERE"),
+        ] {
+            let mut p = Pricing::parse(&text(url, var), "t").unwrap();
+            let err = p.resolve_upstreams(&env).unwrap_err().to_string();
+            assert!(err.contains("`bad-one`") && err.contains(says), "{err}");
+        }
     }
 
     #[test]

@@ -26,6 +26,47 @@ pub enum ServeError {
     Config(String),
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot listen on {addr}: {}", listen_problem(.source))]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What a failed bind means, in words a newcomer can act on.
+fn listen_problem(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        "address in use: another program (another tollgate?) holds this port; \
+         stop it or choose another address (`listen`, TOLLGATE_LISTEN)"
+            .to_string()
+    } else {
+        e.to_string()
+    }
+}
+
+/// Bind `addr`, or say which address could not be bound and why.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// The checks made before serving (P7): every upstream URL usable, every
+/// model's upstream key variable set (read into the pricing), the
+/// `upstream_ca_file` readable. Each error names the model or the file.
+pub fn prepare(
+    config: &Config,
+    mut pricing: Pricing,
+    env: &dyn crate::config::Env,
+) -> Result<Pricing, ServeError> {
+    pricing
+        .resolve_upstreams(env)
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    if let Some(path) = &config.upstream_ca_file {
+        crate::proxy::upstream::tls::read_ca_file(path)
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+    }
+    Ok(pricing)
 }
 
 /// The store the config names; never a silent fallback to memory.
@@ -94,6 +135,21 @@ impl tower_service::Service<axum::extract::Request> for Front {
     }
 
     fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        self.serve_one(req, None, ())
+    }
+}
+
+impl Front {
+    /// One request: a billed proxy call, or the router. `peer`, the
+    /// client's address, is handed to the router's handlers as axum's
+    /// `ConnectInfo` (S1 throttles failed logins per address); `held`
+    /// lives as long as the handler runs (`connections::Busy`).
+    pub fn serve_one<H: Send + 'static>(
+        &self,
+        mut req: axum::extract::Request,
+        peer: Option<SocketAddr>,
+        held: H,
+    ) -> <Self as tower_service::Service<axum::extract::Request>>::Future {
         let route = if req.method() == axum::http::Method::POST {
             crate::proxy::Route::of_path(req.uri().path())
         } else {
@@ -102,9 +158,24 @@ impl tower_service::Service<axum::extract::Request> for Front {
         match route {
             Some(route) => {
                 let app = self.app.clone();
-                Box::pin(async move { Ok(crate::proxy::handle(&app, route, req).await) })
+                Box::pin(async move {
+                    let answer = crate::proxy::handle(&app, route, req).await;
+                    drop(held);
+                    Ok(answer)
+                })
             }
-            None => Box::pin(tower_service::Service::call(&mut self.router, req)),
+            None => {
+                if let Some(peer) = peer {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                }
+                let call = tower_service::Service::call(&mut self.router.clone(), req);
+                Box::pin(async move {
+                    let answer = call.await;
+                    drop(held);
+                    answer
+                })
+            }
         }
     }
 }
@@ -141,15 +212,13 @@ pub async fn run(
             })
             .await
     });
-    let front = axum::ServiceExt::into_make_service(Front::new(app.clone()));
-    let served = axum::serve(listener, front)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = crate::connections::Limits::of(&app.config);
+    crate::connections::serve(listener, Front::new(app.clone()), limits, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = metrics_task.await;
     drop(stop_rx);
     stop_background(&app).await;
-    Ok(served?)
+    Ok(())
 }
 
 /// Once no request is served: signal the background loops, close the
@@ -211,8 +280,9 @@ pub async fn start_with_clock(
     pricing: Pricing,
     clock: Arc<dyn crate::clock::Clock>,
 ) -> Result<Running, ServeError> {
-    let listener = TcpListener::bind(config.listen).await?;
-    let metrics = TcpListener::bind(config.metrics_listen).await?;
+    let pricing = prepare(&config, pricing, &crate::config::ProcessEnv)?;
+    let listener = bind(config.listen).await?;
+    let metrics = bind(config.metrics_listen).await?;
     let addr = listener.local_addr()?;
     let metrics_addr = metrics.local_addr()?;
     let app = Arc::new(App::with_clock(config, store, pricing, clock));

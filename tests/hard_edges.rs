@@ -1,6 +1,7 @@
 //! Issue 13's hard edges on the management API, through real sockets: S3
 //! (JSON bodies only, no repeated member names), T2/K1a names, L3 leavers'
-//! assigned keys, S1 bounded password checks.
+//! assigned keys, S1 bounded password checks and failed logins throttled
+//! per email and per client address.
 
 // Tests may panic on unexpected errors: that is how they fail.
 #![allow(clippy::unwrap_used)]
@@ -14,6 +15,7 @@ use serde_json::{json, Value};
 
 use calls::{chat_status, error_code, post_as, send};
 use common::{spawn_gateway, OPERATOR};
+use tollgate::accounts::throttle;
 
 /// A raw body POSTed as `bearer` with `content_type`.
 async fn post_raw(
@@ -199,6 +201,7 @@ async fn a_team_key_assigned_to_a_leaver_or_a_removed_member_stops() {
 async fn a_flood_of_failed_logins_is_bounded_and_a_right_one_works_after() {
     let g = spawn_gateway().await;
     g.user("victim@example.com").await;
+    g.user("bystander@example.com").await;
     let mut calls = Vec::new();
     for i in 0..150 {
         let (http, url) = (g.http.clone(), g.url.clone());
@@ -219,7 +222,7 @@ async fn a_flood_of_failed_logins_is_bounded_and_a_right_one_works_after() {
             (status, error_code(r).await)
         }));
     }
-    let (mut refused, mut overloaded) = (0, 0);
+    let (mut refused, mut overloaded, mut throttled) = (0, 0, 0);
     for c in calls {
         match c.await.unwrap() {
             (StatusCode::UNAUTHORIZED, code) => {
@@ -230,15 +233,118 @@ async fn a_flood_of_failed_logins_is_bounded_and_a_right_one_works_after() {
                 assert_eq!(code, "overloaded");
                 overloaded += 1;
             }
+            (StatusCode::TOO_MANY_REQUESTS, code) => {
+                assert_eq!(code, "rate_limited");
+                throttled += 1;
+            }
             other => panic!("unexpected answer {other:?}"),
         }
     }
-    assert_eq!(refused + overloaded, 150);
-    eprintln!("{refused} refused as wrong, {overloaded} as overloaded");
+    assert_eq!(refused + overloaded + throttled, 150);
+    eprintln!("{refused} refused as wrong, {overloaded} as overloaded, {throttled} throttled");
     // 150 at once outnumber the cores plus the queue (S1): some are refused
     // unchecked rather than each holding an Argon2 buffer.
     let cores = std::thread::available_parallelism().unwrap().get();
     let capacity = cores + tollgate::accounts::password_pool::MAX_WAITING;
-    assert!(overloaded > 0 || capacity >= 150, "capacity {capacity}");
+    assert!(
+        overloaded + throttled > 0 || capacity >= 150,
+        "capacity {capacity}"
+    );
+    // The gateway runs in this process: its peak resident memory is this
+    // process's (it was 2.37 GB before the pool).
+    let peak = peak_rss_kib();
+    eprintln!("peak RSS {} MiB", peak / 1024);
+    assert!(peak < 400 * 1024, "peak RSS {peak} KiB");
+    // The victim's email is throttled now, even with the right password...
+    let r = log_in_from(&g, [127, 0, 0, 1], "victim@example.com", "password123").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // ...another user from another address logs in...
+    let r = log_in_from(&g, [127, 0, 0, 2], "bystander@example.com", "password123").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // ...and once the window has passed, so does the victim.
+    g.clock
+        .advance(chrono::Duration::seconds(throttle::WINDOW_S + 1));
     g.log_in("victim@example.com").await;
+}
+
+/// This process's peak resident set (VmHWM), in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// POST /api/sessions from the loopback address `from` (any 127.x.y.z
+/// reaches the gateway on 127.0.0.1).
+async fn log_in_from(
+    api: &common::Api,
+    from: [u8; 4],
+    email: &str,
+    password: &str,
+) -> reqwest::Response {
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .build()
+        .unwrap();
+    send(
+        client
+            .post(format!("{}/api/sessions", api.url))
+            .json(&json!({"email": email, "password": password})),
+    )
+    .await
+}
+
+/// `retry-after` of a throttled answer, in seconds.
+fn retry_after(r: &reqwest::Response) -> i64 {
+    r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_email_and_per_address() {
+    let g = spawn_gateway().await;
+    g.user("target@example.com").await;
+    g.user("bystander@example.com").await;
+    let here = [127, 0, 0, 1];
+    for _ in 0..throttle::EMAIL_FAILURES {
+        let r = log_in_from(&g, here, "target@example.com", "wrong-password").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Now even the right password waits, with a retry-after.
+    let r = log_in_from(&g, here, "Target@Example.com ", "password123").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait = retry_after(&r);
+    assert!((1..=throttle::WINDOW_S).contains(&wait), "{wait}");
+    assert_eq!(error_code(r).await, "rate_limited");
+    // Another email from another address is untouched.
+    let r = log_in_from(&g, [127, 0, 0, 2], "bystander@example.com", "password123").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // One address trying many emails is throttled across them.
+    let sprayer = [127, 0, 0, 3];
+    for i in 0..throttle::ADDRESS_FAILURES {
+        let r = log_in_from(
+            &g,
+            sprayer,
+            &format!("guess{i}@example.com"),
+            "wrong-password",
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = log_in_from(&g, sprayer, "bystander@example.com", "password123").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after(&r) >= 1);
+    let r = log_in_from(&g, [127, 0, 0, 2], "bystander@example.com", "password123").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // After the window, the target's right password works again.
+    g.clock
+        .advance(chrono::Duration::seconds(throttle::WINDOW_S));
+    let r = log_in_from(&g, here, "target@example.com", "password123").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
 }

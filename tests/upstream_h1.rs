@@ -115,6 +115,7 @@ fn upstream() -> Upstream {
         Some("upstream-secret"),
         Duration::from_secs(2),
         Duration::from_secs(5),
+        None,
     )
 }
 
@@ -126,6 +127,7 @@ async fn send(
     let r = up
         .send(
             base,
+            None,
             "/v1/chat/completions",
             HeaderMap::new(),
             Bytes::from_static(body.as_bytes()),
@@ -163,6 +165,7 @@ async fn keep_alive_connections_are_reused_and_requests_are_rewritten() {
     let r = up
         .send(
             &s.base,
+            None,
             "/v1/chat/completions",
             headers,
             Bytes::from_static(b"{\"a\":1}"),
@@ -388,6 +391,7 @@ async fn a_body_dropped_before_its_end_closes_its_connection() {
     let r = up
         .send(
             &s.base,
+            None,
             "/v1/chat/completions",
             HeaderMap::new(),
             Bytes::from_static(b"{}"),
@@ -411,7 +415,7 @@ async fn an_unreachable_upstream_or_a_non_http_url_is_a_bad_gateway() {
         ProxyError::Upstream
     );
     assert_eq!(
-        send(&up, "https://example.com", "{}").await.unwrap_err(),
+        send(&up, "ftp://example.com", "{}").await.unwrap_err(),
         ProxyError::Upstream
     );
 }
@@ -446,8 +450,8 @@ async fn an_early_answer_stops_a_large_body_being_written() {
     });
     // Far more than the loopback socket buffers take.
     let body = Bytes::from(vec![b'x'; 64 * 1024 * 1024]);
-    let up = Upstream::new(None, Duration::from_secs(2), Duration::from_secs(30));
-    let send = up.send(&base, "/v1/chat/completions", HeaderMap::new(), body);
+    let up = Upstream::new(None, Duration::from_secs(2), Duration::from_secs(30), None);
+    let send = up.send(&base, None, "/v1/chat/completions", HeaderMap::new(), body);
     let r = tokio::time::timeout(Duration::from_secs(20), send)
         .await
         .expect("answered before the read timeout")
@@ -476,6 +480,7 @@ async fn a_large_body_is_sent_whole() {
         let r = up
             .send(
                 &s.base,
+                None,
                 "/v1/chat/completions",
                 HeaderMap::new(),
                 body.clone(),
@@ -489,4 +494,76 @@ async fn a_large_body_is_sent_whole() {
         assert!(request.ends_with(&body), "the whole body arrived");
     }
     assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+}
+
+/// P8: an upstream that answers `100 Continue` (and another 1xx) after the
+/// head of a large body, then reads the body whole before its answer: the
+/// client skips the interim answers and keeps writing (it used to stop at
+/// the first byte read and wait for an answer that could not come until
+/// the read timeout).
+#[tokio::test]
+async fn interim_answers_while_a_large_body_is_written_are_skipped() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let received = Arc::new(AtomicUsize::new(0));
+    let got = received.clone();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 65536];
+        let at = loop {
+            let n = conn.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..at]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\nx-a: 1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = buf.len() - at;
+        while body < len {
+            let n = conn.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the body stopped at {body} of {len}");
+            body += n;
+        }
+        got.store(body, Ordering::SeqCst);
+        conn.write_all(OK_5.as_bytes()).await.unwrap();
+        let mut rest = [0u8; 1];
+        let _ = conn.read(&mut rest).await;
+    });
+    let body = Bytes::from(vec![b'x'; 16 * 1024 * 1024]);
+    let up = Upstream::new(None, Duration::from_secs(2), Duration::from_secs(60), None);
+    let send = up.send(&base, None, "/v1/chat/completions", HeaderMap::new(), body);
+    let r = tokio::time::timeout(Duration::from_secs(30), send)
+        .await
+        .expect("answered before the read timeout")
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.collect().await.unwrap().to_bytes(), "hello");
+    assert_eq!(received.load(Ordering::SeqCst), 16 * 1024 * 1024);
+    assert_eq!(up.idle_connections(&base), 1, "a whole exchange is pooled");
+}
+
+/// P8: `Transfer-Encoding` and `Content-Length` both: the chunked coding
+/// frames the body, and the connection is not reused.
+#[tokio::test]
+async fn transfer_encoding_wins_over_content_length_and_the_connection_is_dropped() {
+    let both = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let s = scripted(vec![reply(both), reply(OK_5)]).await;
+    let up = upstream();
+    let (status, _, body) = send(&up, &s.base, "{}").await.unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+    assert_eq!(up.idle_connections(&s.base), 0);
+    let (_, _, body) = send(&up, &s.base, "{}").await.unwrap();
+    assert_eq!(&body[..], b"hello");
+    assert_eq!(s.accepted.load(Ordering::SeqCst), 2, "a new connection");
 }

@@ -8,6 +8,7 @@
 //! - `rules`: the role table as pure functions.
 //! - `names`: what a team or key name may be (T2, K1a).
 //! - `password_pool`: Argon2 checks bounded by cores and a queue (S1).
+//! - `throttle`: failed logins per email and per client address (S1).
 //! - `teams`: `Teams`, the team lifecycle (create, members, roles, leave,
 //!   delete) and `TeamError`; the handle every team call goes through.
 //! - `membership`: the membership change each money transfer applies
@@ -26,6 +27,7 @@ pub mod reports;
 pub mod rules;
 pub mod team_keys;
 pub mod teams;
+pub mod throttle;
 pub mod users;
 
 pub use invites::INVITE_TTL_DAYS;

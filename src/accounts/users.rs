@@ -4,14 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
 use chrono::{DateTime, Utc};
 
 use crate::clock::Clock;
 use rand::rngs::OsRng;
 
-use super::password_pool::{PasswordPool, PoolError};
+use super::password_pool::{Memory, PasswordPool, PoolError};
+use super::throttle::LoginThrottle;
 use super::Teams;
 use crate::auth::{keys, KeyCache, KeyOwner, NewKey};
 use crate::ids;
@@ -37,6 +38,10 @@ pub enum AccountError {
     NotFound,
     #[error("too many password checks are waiting; try again shortly")]
     Overloaded,
+    /// S1: too many failed logins for this email or from this address;
+    /// the seconds to wait.
+    #[error("too many failed logins; try again in {0} s")]
+    Throttled(u64),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -64,6 +69,8 @@ pub struct Accounts {
     dummy_hash: String,
     /// Every Argon2 hash and check runs here (S1).
     passwords: PasswordPool,
+    /// Failed logins per email and per client address (S1).
+    throttle: LoginThrottle,
 }
 
 /// A personal or team key as listings show it (K1): never the secret.
@@ -71,13 +78,15 @@ pub type KeyView = KeyRecord;
 
 impl Accounts {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, session_ttl: Duration) -> Accounts {
-        let dummy_hash = hash_password("not-a-real-password").unwrap_or_default();
+        let dummy_hash =
+            hash_password("not-a-real-password", &mut Memory::new()).unwrap_or_default();
         Accounts {
             store,
             clock,
             session_ttl,
             dummy_hash,
             passwords: PasswordPool::per_core(),
+            throttle: LoginThrottle::default(),
         }
     }
 
@@ -97,7 +106,7 @@ impl Accounts {
         let password = password.to_string();
         let password_hash = self
             .passwords
-            .run(move || hash_password(&password))
+            .run(move |memory| hash_password(&password, memory))
             .await?
             .ok_or_else(|| StoreError::Unavailable("hashing failed".into()))?;
         let user = UserRecord {
@@ -114,19 +123,25 @@ impl Accounts {
         }
     }
 
-    /// A1: a session token for a right email and password pair.
+    /// A1: a session token for a right email and password pair. S1: from
+    /// `addr` (the client's address, where known), refused unchecked with
+    /// `Throttled` once the email or the address has used up its failed
+    /// logins (`throttle`).
     pub async fn log_in(
         &self,
         email: &str,
         password: &str,
+        addr: Option<std::net::IpAddr>,
     ) -> Result<(String, DateTime<Utc>), AccountError> {
+        let email_norm = email.trim().to_lowercase();
+        self.throttle
+            .check(&email_norm, addr, self.clock.now())
+            .map_err(AccountError::Throttled)?;
         if password.len() > MAX_PASSWORD * 4 {
+            self.throttle.failed(&email_norm, addr, self.clock.now());
             return Err(AccountError::BadCredentials);
         }
-        let user = self
-            .store
-            .user_by_email(&email.trim().to_lowercase())
-            .await?;
+        let user = self.store.user_by_email(&email_norm).await?;
         let hash = user
             .as_ref()
             .map(|u| u.password_hash.clone())
@@ -134,7 +149,7 @@ impl Accounts {
         let password = password.to_string();
         let ok = match self
             .passwords
-            .run(move || verify_password(&password, &hash))
+            .run(move |memory| verify_password(&password, &hash, memory))
             .await
         {
             Ok(ok) => ok,
@@ -143,8 +158,12 @@ impl Accounts {
         };
         let user = match (ok, user) {
             (true, Some(u)) => u,
-            _ => return Err(AccountError::BadCredentials),
+            _ => {
+                self.throttle.failed(&email_norm, addr, self.clock.now());
+                return Err(AccountError::BadCredentials);
+            }
         };
+        self.throttle.succeeded(&email_norm);
         let token = ids::new_secret("tgs_");
         let expires_at = self.clock.now()
             + chrono::Duration::from_std(self.session_ttl).unwrap_or(chrono::Duration::days(7));
@@ -254,22 +273,76 @@ pub fn valid_key_name(name: &str) -> Result<String, AccountError> {
     super::names::valid_name(name, 64).ok_or(AccountError::InvalidName)
 }
 
-fn hash_password(password: &str) -> Option<String> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .ok()
-        .map(|h| h.to_string())
+/// Argon2 memory a stored hash may ask for at most, in 1 KiB blocks (the
+/// default asks 19,456): past it, the check fails rather than allocate.
+const MAX_ARGON2_BLOCKS: usize = 64 * 1024;
+
+/// The first `params.block_count()` blocks of `memory`, grown if needed.
+fn blocks<'m>(memory: &'m mut Memory, params: &Params) -> Option<&'m mut [argon2::Block]> {
+    let n = params.block_count();
+    if n > MAX_ARGON2_BLOCKS {
+        return None;
+    }
+    if memory.len() < n {
+        memory.resize(n, argon2::Block::default());
+    }
+    Some(&mut memory[..n])
 }
 
-fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|h| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
-        .unwrap_or(false)
+/// An Argon2id PHC string for `password` (the crate's defaults), worked
+/// in `memory` (S1: `password_pool`).
+fn hash_password(password: &str, memory: &mut Memory) -> Option<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    let argon = Argon2::default();
+    let params = argon.params().clone();
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.as_salt().decode_b64(&mut salt_buf).ok()?;
+    let blocks = blocks(memory, &params)?;
+    let len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let output = Output::init_with(len, |out| {
+        argon
+            .hash_password_into_with_memory(password.as_bytes(), salt_bytes, out, &mut *blocks)
+            .map_err(|_| argon2::password_hash::Error::Password)
+    })
+    .ok()?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).ok()?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
+    };
+    Some(phc.to_string())
+}
+
+/// Does `password` match the PHC string `hash`? Worked in `memory`; the
+/// comparison is constant-time (`Output`).
+fn verify_password(password: &str, hash: &str, memory: &mut Memory) -> bool {
+    let Ok(h) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (h.salt, h.hash) else {
+        return false;
+    };
+    let (Ok(params), Ok(algorithm)) = (Params::try_from(&h), Algorithm::try_from(h.algorithm))
+    else {
+        return false;
+    };
+    let Ok(version) = h.version.map(Version::try_from).transpose() else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let (Ok(salt_bytes), Some(blocks)) = (salt.decode_b64(&mut salt_buf), blocks(memory, &params))
+    else {
+        return false;
+    };
+    let argon = Argon2::new(algorithm, version.unwrap_or_default(), params);
+    Output::init_with(expected.len(), |out| {
+        argon
+            .hash_password_into_with_memory(password.as_bytes(), salt_bytes, out, &mut *blocks)
+            .map_err(|_| argon2::password_hash::Error::Password)
+    })
+    .is_ok_and(|computed| computed == expected)
 }
 
 #[cfg(test)]
@@ -290,9 +363,27 @@ mod tests {
 
     #[test]
     fn passwords_hash_and_verify() {
-        let h = hash_password("correct horse").unwrap();
-        assert!(h.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse", &h));
-        assert!(!verify_password("wrong horse", &h));
+        let mut mem = Memory::new();
+        let h = hash_password("correct horse", &mut mem).unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert!(verify_password("correct horse", &h, &mut mem));
+        assert!(!verify_password("wrong horse", &h, &mut mem));
+        // The same PHC strings as the crate's own hasher, both ways, so
+        // hashes stored before still verify.
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let theirs = Argon2::default()
+            .hash_password(b"correct horse", &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string();
+        assert!(verify_password("correct horse", &theirs, &mut mem));
+        assert!(!verify_password("correct horsf", &theirs, &mut mem));
+        let ours = PasswordHash::new(&h).unwrap();
+        assert!(Argon2::default()
+            .verify_password(b"correct horse", &ours)
+            .is_ok());
+        // A stored hash asking for too much memory is refused, not run.
+        let greedy = theirs.replace("m=19456", "m=1048576");
+        assert!(!verify_password("correct horse", &greedy, &mut mem));
+        assert_eq!(mem.len(), 19456, "one buffer, reused");
     }
 }

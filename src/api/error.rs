@@ -80,6 +80,7 @@ fn account_parts(e: &AccountError) -> (StatusCode, &'static str) {
         AccountError::PersonalKeysArchived => (S::CONFLICT, "personal_keys_archived"),
         AccountError::NotFound => (S::NOT_FOUND, "not_found"),
         AccountError::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
+        AccountError::Throttled(_) => (S::TOO_MANY_REQUESTS, "rate_limited"),
         AccountError::Store(e) => store_parts(e),
     }
 }
@@ -153,6 +154,13 @@ impl IntoResponse for ApiError {
         };
         crate::metrics::api_request(status.as_u16());
         let body = serde_json::json!({"error": {"code": code, "message": message}});
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if let ApiError::Account(AccountError::Throttled(seconds)) = &self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(*seconds),
+            );
+        }
+        response
     }
 }

@@ -34,11 +34,34 @@ pub async fn sign_up(
     ))
 }
 
+/// The client's address, where the listener knows it (`ConnectInfo`,
+/// set by `connections`); S1 throttles failed logins by it. A proxy in
+/// front makes every client one address: its `X-Forwarded-For` is not
+/// trusted (anyone can write one).
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
 pub async fn log_in(
     State(app): State<Arc<App>>,
+    ClientAddr(addr): ClientAddr,
     Body(c): Body<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (token, expires_at) = app.accounts.log_in(&c.email, &c.password).await?;
+    let (token, expires_at) = app.accounts.log_in(&c.email, &c.password, addr).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"token": token, "expires_at": expires_at})),

@@ -285,13 +285,18 @@ async fn exchange(
     inject: bool,
 ) -> Result<Response, ProxyError> {
     let pricing = billing.pricing.clone();
-    let base = pricing
-        .get(&billing.model)
+    let price = pricing.get(&billing.model);
+    let base = price
         .and_then(|p| p.upstream_url.as_deref())
         .unwrap_or(&app.config.upstream_url);
+    let auth = price.and_then(|p| p.upstream_auth.as_ref());
     let sent = Instant::now();
     let mut waiting = Unanswered(Some(billing));
-    let upstream = match app.upstream.send(base, route.path(), headers, body).await {
+    let upstream = match app
+        .upstream
+        .send(base, auth, route.path(), headers, body)
+        .await
+    {
         Ok(u) => u,
         Err(e) => {
             // Not billed (U4, P5): the hold is released.

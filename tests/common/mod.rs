@@ -83,11 +83,17 @@ pub async fn spawn_gateway() -> Gateway {
 }
 
 pub async fn spawn_gateway_with(tweak: impl FnOnce(&mut Config)) -> Gateway {
+    spawn_gateway_priced(PRICING, tweak).await
+}
+
+/// `spawn_gateway_with`, with the pricing file's text given; `tweak` sees
+/// the config with the mock's URL already in it.
+pub async fn spawn_gateway_priced(pricing: &str, tweak: impl FnOnce(&mut Config)) -> Gateway {
     let mock = spawn_mock().await;
     let mut config = test_config(&mock.url);
     tweak(&mut config);
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let pricing = Pricing::parse(PRICING, "config/pricing.toml").unwrap();
+    let pricing = Pricing::parse(pricing, "test pricing").unwrap();
     let clock = Arc::new(ShiftedClock::default());
     let running = tollgate::server::start_with_clock(config, store.clone(), pricing, clock.clone())
         .await

@@ -10,16 +10,17 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use axum::http::{HeaderMap, StatusCode};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use super::pool::Origin;
-use super::wire::{parse_head, Decoded, Framing, Head, Parsed, MAX_HEAD};
+use super::wire::{lead, parse_head, Decoded, Framing, Head, Lead, Parsed, MAX_HEAD};
 use super::H1Error;
 
 /// Room made in the read buffer before each read.
@@ -27,15 +28,62 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Bodies up to this size are copied after the head, for one write.
 pub const COALESCE_BODY: usize = 64 * 1024;
 
+/// The byte stream under a connection: plain TCP (the fast path, no
+/// extra layer) or TLS over TCP (P7, `https://` upstreams).
+pub(super) enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// An open connection and what has been read from it.
 pub(super) struct Conn {
-    io: TcpStream,
+    io: Io,
     /// Bytes read and not yet consumed.
     buf: BytesMut,
 }
 
 impl Conn {
-    pub(super) fn new(io: TcpStream) -> Conn {
+    pub(super) fn new(io: Io) -> Conn {
         Conn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -43,9 +91,24 @@ impl Conn {
     }
 
     /// Nothing to read and no close seen: the upstream has not hung up.
-    pub(super) fn alive(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    /// Over TLS, one poll with a no-op waker: records that carry no data
+    /// (a TLS 1.3 session ticket) are absorbed; data, a close or an error
+    /// mean the connection is not reused.
+    pub(super) fn alive(&mut self) -> bool {
+        match &mut self.io {
+            Io::Plain(tcp) => {
+                let mut probe = [0u8; 1];
+                matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            Io::Tls(tls) => {
+                let mut probe = [0u8; 1];
+                let mut rb = ReadBuf::new(&mut probe);
+                let mut cx = Context::from_waker(Waker::noop());
+                Pin::new(tls.as_mut())
+                    .poll_read(&mut cx, &mut rb)
+                    .is_pending()
+            }
+        }
     }
 
     /// Read what is available into `buf`; `Ok(0)` at the connection's end.
@@ -61,38 +124,51 @@ impl Conn {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
-    /// Write a large request body, unless the upstream starts answering
-    /// first (an early 413 from a server that stops reading): then stop
-    /// and say so (`false`), rather than wait on a full socket until the
-    /// read timeout. A readiness that turns out stale is cleared and
-    /// writing goes on.
-    async fn write_body(&mut self, body: &[u8]) -> io::Result<bool> {
-        let mut sent = 0;
-        while sent < body.len() {
-            tokio::select! {
-                biased;
-                ready = self.io.readable() => {
-                    ready?;
-                    self.buf.reserve(READ_CHUNK);
-                    match self.io.try_read_buf(&mut self.buf) {
-                        // An answer, or the upstream's close: either way
-                        // the rest of the body is not wanted.
-                        Ok(_) => return Ok(false),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                ready = self.io.writable() => {
-                    ready?;
-                    match self.io.try_write(&body[sent..]) {
-                        Ok(n) => sent += n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
+    /// Write the request head (with a small body appended), all of it.
+    async fn write_head(&mut self, head: &[u8]) -> io::Result<()> {
+        self.io.write_all(head).await?;
+        if let Io::Tls(_) = self.io {
+            // rustls keeps what it could not send yet; plain TCP has no
+            // buffer to flush.
+            self.io.flush().await?;
         }
-        Ok(true)
+        Ok(())
+    }
+
+    /// Write a large request body while reading what the upstream sends
+    /// meanwhile (P8): interim answers (`100 Continue`) are skipped and
+    /// writing goes on; a final answer begun first (an early 413 from a
+    /// server that stops reading), or the upstream's close, stops it and
+    /// says so (`false`), rather than wait on a full socket until the read
+    /// timeout.
+    async fn write_body(&mut self, body: &[u8]) -> Result<bool, H1Error> {
+        let mut sent = 0;
+        poll_fn(|cx| loop {
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(_)) => {
+                    while lead(&mut self.buf) == Lead::Interim {}
+                    if !self.buf.is_empty() && lead(&mut self.buf) == Lead::Final {
+                        return Poll::Ready(Ok(false));
+                    }
+                    // Empty, or a head still partial: read again.
+                    continue;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => {}
+            }
+            if sent == body.len() {
+                return Pin::new(&mut self.io)
+                    .poll_flush(cx)
+                    .map(|r| r.map(|()| true).map_err(H1Error::from));
+            }
+            match ready!(Pin::new(&mut self.io).poll_write(cx, &body[sent..])) {
+                Ok(0) => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
+                Ok(n) => sent += n,
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        })
+        .await
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
@@ -137,9 +213,9 @@ pub async fn exchange(
     let mut request_whole = true;
     if body.len() <= COALESCE_BODY {
         head.extend_from_slice(body);
-        conn.io.write_all(&head).await?;
+        conn.write_head(&head).await?;
     } else {
-        conn.io.write_all(&head).await?;
+        conn.write_head(&head).await?;
         request_whole = conn.write_body(body).await?;
     }
     let mut h = conn.read_head().await?;

@@ -8,7 +8,9 @@
 //! pooled per upstream and driven inside the request's own task:
 //! - `wire`: the response framing, pure (head, length, chunked, close);
 //! - `conn`: the I/O driver, one exchange on one connection;
-//! - `pool`: the idle connections per origin, and the connect.
+//! - `pool`: the idle connections per origin, and the connect;
+//! - `tls`: the rustls connector for `https://` upstreams (P7). A plain
+//!   `http://` upstream keeps the bare TCP path, with no TLS layer.
 //!
 //! Why not hyper's pooled client: it runs every connection in a task of its
 //! own and hands each request across a channel to it, so one proxied call
@@ -21,10 +23,12 @@
 
 mod conn;
 mod pool;
+pub mod tls;
 pub mod wire;
 
 use std::io;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -35,7 +39,8 @@ pub use conn::{UpstreamBody, UpstreamResponse, COALESCE_BODY};
 
 use super::error::ProxyError;
 use super::forward;
-use pool::Origin;
+use pool::{Origin, Tls};
+use tokio_rustls::TlsConnector;
 
 /// Why an exchange failed. Any of these leaves the connection closed.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +81,11 @@ pub struct Upstream {
     connect_timeout: Duration,
     /// Upstream base URLs seen so far, parsed once (see `Base`).
     bases: ArcSwap<Vec<Arc<Base>>>,
+    /// Extra PEM roots for `https://` upstreams (P7).
+    ca_file: Option<PathBuf>,
+    /// The TLS connector, built on the first `https://` base (`None`: it
+    /// could not be, and was logged).
+    tls: OnceLock<Option<TlsConnector>>,
 }
 
 /// A parsed upstream base URL: where to connect, the path prefix, and the
@@ -92,27 +102,72 @@ struct Base {
 /// it, a base is parsed per request and its connections are not pooled.
 const MAX_BASES: usize = 64;
 
+/// An upstream base URL, checked (P7): `http://` or `https://`, a host,
+/// no query.
+pub struct Target {
+    pub tls: bool,
+    /// As written in the URL (an IPv6 address in brackets).
+    pub host: String,
+    pub port: u16,
+    /// The path without its trailing `/` ("" for none).
+    pub prefix: String,
+}
+
+/// Check an upstream base URL; the error says what is wrong with it.
+pub fn target(text: &str) -> Result<Target, &'static str> {
+    let uri: Uri = text.parse().map_err(|_| "not a URL")?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err("must start with http:// or https://"),
+    };
+    if uri.query().is_some() {
+        return Err("may not carry a query");
+    }
+    let authority = uri.authority().ok_or("has no host")?;
+    if authority.host().is_empty() {
+        return Err("has no host");
+    }
+    Ok(Target {
+        tls,
+        host: authority.host().to_string(),
+        port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+        prefix: uri.path().trim_end_matches('/').to_string(),
+    })
+}
+
 impl Base {
-    /// `None` unless `text` is a plain `http://` URL without a query.
-    fn parse(text: &str, connect_timeout: Duration) -> Option<Base> {
-        let uri: Uri = text.parse().ok()?;
-        if uri.scheme_str() != Some("http") || uri.query().is_some() {
-            return None;
-        }
-        let authority = uri.authority()?;
-        let host_name = authority.host();
-        let port = authority.port_u16().unwrap_or(80);
+    /// `None` unless `text` is a valid upstream URL (`target`) and, for
+    /// `https://`, a TLS connector is there (`tls`).
+    fn parse(
+        text: &str,
+        connect_timeout: Duration,
+        tls: impl FnOnce() -> Option<TlsConnector>,
+    ) -> Option<Base> {
+        let t = target(text).ok()?;
+        let default_port = if t.tls { 443 } else { 80 };
         // The host, and the port unless it is the default.
-        let host = match authority.port_u16() {
-            Some(p) if p != 80 => format!("{host_name}:{p}"),
-            _ => host_name.to_string(),
+        let host = if t.port == default_port {
+            t.host.clone()
+        } else {
+            format!("{}:{}", t.host, t.port)
+        };
+        let tls = if t.tls {
+            let name = t.host.trim_start_matches('[').trim_end_matches(']');
+            Some(Tls {
+                connector: tls()?,
+                name: rustls::pki_types::ServerName::try_from(name.to_string()).ok()?,
+            })
+        } else {
+            None
         };
         Some(Base {
             text: text.to_string(),
-            prefix: uri.path().trim_end_matches('/').to_string(),
+            prefix: t.prefix,
             host: HeaderValue::from_str(&host).ok()?,
             origin: Arc::new(Origin::new(
-                format!("{host_name}:{port}"),
+                format!("{}:{}", t.host, t.port),
+                tls,
                 MAX_IDLE_PER_ORIGIN,
                 IDLE_TIMEOUT,
                 connect_timeout,
@@ -122,21 +177,34 @@ impl Base {
 }
 
 impl Upstream {
+    /// `api_key`: the gateway's own upstream key (a model may name its
+    /// own, `send`'s `auth`); `ca_file`: extra PEM roots for `https://`.
     pub fn new(
         api_key: Option<&str>,
         connect_timeout: Duration,
         read_timeout: Duration,
+        ca_file: Option<PathBuf>,
     ) -> Upstream {
-        let auth = api_key.and_then(|k| HeaderValue::from_str(&format!("Bearer {k}")).ok());
         Upstream {
-            auth: auth.map(|mut v| {
-                v.set_sensitive(true);
-                v
-            }),
+            auth: api_key.and_then(bearer),
             read_timeout,
             connect_timeout,
             bases: ArcSwap::from_pointee(Vec::new()),
+            ca_file,
+            tls: OnceLock::new(),
         }
+    }
+
+    fn connector(&self) -> Option<TlsConnector> {
+        self.tls
+            .get_or_init(|| match tls::connector(self.ca_file.as_deref()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "no TLS for https:// upstreams");
+                    None
+                }
+            })
+            .clone()
     }
 
     /// The parsed form of `base`, parsed on first use.
@@ -144,7 +212,9 @@ impl Upstream {
         if let Some(b) = self.bases.load().iter().find(|b| b.text == base) {
             return Some(b.clone());
         }
-        let parsed = Arc::new(Base::parse(base, self.connect_timeout)?);
+        let parsed = Arc::new(Base::parse(base, self.connect_timeout, || {
+            self.connector()
+        })?);
         self.bases.rcu(|bases| {
             let mut bases = Vec::clone(bases);
             if bases.len() < MAX_BASES && !bases.iter().any(|b| b.text == base) {
@@ -172,21 +242,23 @@ impl Upstream {
 
     /// Send `body` to `base` + `path` with the client's headers, minus its
     /// key, `Host`, `Content-Length`, `Expect` and hop-by-hop headers
-    /// (`forward::request_head`); waits for the response head at most the
-    /// read timeout.
+    /// (`forward::request_head`), and `auth` (the model's own upstream
+    /// key, P7) or else the gateway's; waits for the response head at most
+    /// the read timeout.
     pub async fn send(
         &self,
         base: &str,
+        auth: Option<&HeaderValue>,
         path: &'static str,
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<UpstreamResponse, ProxyError> {
         let Some(b) = self.base(base) else {
-            tracing::warn!("the upstream URL is not a plain http:// URL");
+            tracing::warn!("the upstream URL is not usable (see the start-up checks)");
             return Err(ProxyError::Upstream);
         };
-        let head =
-            forward::request_head(&b.prefix, path, &b.host, self.auth.as_ref(), headers, &body);
+        let auth = auth.or(self.auth.as_ref());
+        let head = forward::request_head(&b.prefix, path, &b.host, auth, headers, &body);
         match tokio::time::timeout(self.read_timeout, conn::exchange(&b.origin, head, &body)).await
         {
             Err(_) => Err(ProxyError::UpstreamTimeout),
@@ -203,6 +275,13 @@ impl Upstream {
     }
 }
 
+/// `Bearer key`, marked sensitive (never printed, never indexed by hpack).
+pub fn bearer(key: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,26 +289,47 @@ mod tests {
     #[test]
     fn bases_parse_once_into_the_address_prefix_and_host_hyper_would_use() {
         let t = Duration::from_secs(1);
-        let b = Base::parse("http://127.0.0.1:9000", t).unwrap();
+        let none = || None;
+        let b = Base::parse("http://127.0.0.1:9000", t, none).unwrap();
         assert_eq!(
             (b.prefix.as_str(), b.host.to_str().unwrap()),
             ("", "127.0.0.1:9000")
         );
-        let b = Base::parse("http://user:pw@example.com:80/", t).unwrap();
+        let b = Base::parse("http://user:pw@example.com:80/", t, none).unwrap();
         assert_eq!(
             (b.prefix.as_str(), b.host.to_str().unwrap()),
             ("", "example.com")
         );
-        assert_eq!(Base::parse("http://[::1]:81", t).unwrap().host, "[::1]:81");
-        let b = Base::parse("http://example.com/openai/", t).unwrap();
+        assert_eq!(
+            Base::parse("http://[::1]:81", t, none).unwrap().host,
+            "[::1]:81"
+        );
+        let b = Base::parse("http://example.com/openai/", t, none).unwrap();
         assert_eq!(
             (b.prefix.as_str(), b.host.to_str().unwrap()),
             ("/openai", "example.com")
         );
-        assert!(Base::parse("https://example.com", t).is_none());
-        assert!(Base::parse("http://example.com/?q=1", t).is_none());
-        assert!(Base::parse("not a url", t).is_none());
-        let up = Upstream::new(None, t, t);
+        // https:// needs a connector; without one it is not usable.
+        assert!(Base::parse("https://example.com", t, none).is_none());
+        assert!(Base::parse("http://example.com/?q=1", t, none).is_none());
+        assert!(Base::parse("not a url", t, none).is_none());
+        let tls = || tls::connector(None).ok();
+        let b = Base::parse("https://example.com:443/v", t, tls).unwrap();
+        assert_eq!(
+            (b.prefix.as_str(), b.host.to_str().unwrap()),
+            ("/v", "example.com")
+        );
+        assert!(Base::parse("https://[::1]:8443", t, tls).is_some());
+        for (bad, why) in [
+            ("ftp://a:1", "must start with http:// or https://"),
+            ("127.0.0.1:9000", "must start with http:// or https://"),
+            ("http://a/?q", "may not carry a query"),
+            ("http:// a", "not a URL"),
+        ] {
+            assert_eq!(target(bad).err(), Some(why), "{bad}");
+        }
+        assert_eq!(target("https://h").unwrap().port, 443);
+        let up = Upstream::new(None, t, t, None);
         let first = up.base("http://a:1").unwrap();
         assert!(Arc::ptr_eq(&first, &up.base("http://a:1").unwrap()));
         assert!(up.base("ftp://a:1").is_none());

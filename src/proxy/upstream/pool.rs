@@ -1,6 +1,7 @@
-//! The connection pool: one `Origin` per upstream `host:port`, its idle
-//! keep-alive connections, and the connect (with its timeout) when none is
-//! left to reuse.
+//! The connection pool: one `Origin` per upstream scheme, `host:port`,
+//! its idle keep-alive connections, and the connect (with its timeout,
+//! which covers the TLS handshake for `https://`, P7) when none is left to
+//! reuse.
 //!
 //! A connection comes back here only when its response was read to the end
 //! with nothing left over and the upstream did not ask to close it
@@ -12,15 +13,25 @@ use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
-use super::conn::Conn;
+use super::conn::{Conn, Io};
 use super::H1Error;
 
-/// One upstream origin (`host:port`) and its idle connections.
+/// How an `https://` origin is reached: the connector (the roots) and the
+/// name its certificate must carry.
+pub struct Tls {
+    pub connector: TlsConnector,
+    pub name: ServerName<'static>,
+}
+
+/// One upstream origin (`host:port`, plain or TLS) and its idle connections.
 pub struct Origin {
     /// What `TcpStream::connect` is given: `host:port`.
     addr: String,
+    tls: Option<Tls>,
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
@@ -35,12 +46,14 @@ struct Idle {
 impl Origin {
     pub fn new(
         addr: String,
+        tls: Option<Tls>,
         max_idle: usize,
         idle_timeout: Duration,
         connect_timeout: Duration,
     ) -> Origin {
         Origin {
             addr,
+            tls,
             idle: Mutex::new(Vec::new()),
             max_idle,
             idle_timeout,
@@ -54,7 +67,7 @@ impl Origin {
         self.idle
             .lock()
             .map(|mut v| {
-                v.retain(|i| i.conn.alive());
+                v.retain_mut(|i| i.conn.alive());
                 v.len()
             })
             .unwrap_or(0)
@@ -63,7 +76,7 @@ impl Origin {
     /// The most recently used live idle connection, else a new one.
     pub(super) async fn checkout(&self) -> Result<Conn, H1Error> {
         if let Ok(mut idle) = self.idle.lock() {
-            while let Some(i) = idle.pop() {
+            while let Some(mut i) = idle.pop() {
                 if i.since.elapsed() >= self.idle_timeout {
                     // The rest were idle longer still.
                     idle.clear();
@@ -74,13 +87,23 @@ impl Origin {
                 }
             }
         }
-        let connect = TcpStream::connect(self.addr.as_str());
-        let io = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Err(_) => return Err(H1Error::Connect(io::ErrorKind::TimedOut.into())),
-            Ok(r) => r.map_err(H1Error::Connect)?,
-        };
-        io.set_nodelay(true).map_err(H1Error::Connect)?;
-        Ok(Conn::new(io))
+        match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+            Err(_) => Err(H1Error::Connect(io::ErrorKind::TimedOut.into())),
+            Ok(r) => r.map(Conn::new).map_err(H1Error::Connect),
+        }
+    }
+
+    /// A new connection, with its TLS handshake done for `https://`.
+    async fn connect(&self) -> io::Result<Io> {
+        let tcp = TcpStream::connect(self.addr.as_str()).await?;
+        tcp.set_nodelay(true)?;
+        match &self.tls {
+            None => Ok(Io::Plain(tcp)),
+            Some(tls) => {
+                let stream = tls.connector.connect(tls.name.clone(), tcp).await?;
+                Ok(Io::Tls(Box::new(stream)))
+            }
+        }
     }
 
     pub(super) fn checkin(&self, conn: Conn) {

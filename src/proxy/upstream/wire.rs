@@ -85,7 +85,13 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Parsed, H1Error> {
             || headers
                 .get(header::CONTENT_LENGTH)
                 .is_some_and(|v| v.as_bytes() != b"0"));
+    // P8: with both, `Transfer-Encoding` frames the body (`framing`), but
+    // the two disagree on where it ends, so the connection is not reused
+    // (RFC 9112 6.1: a smuggling attempt, or a broken intermediary).
+    let both_lengths = headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH);
     let keep_alive = version == Some(1)
+        && !both_lengths
         && !bodiless_with_length
         && !matches!(framing, Framing::Close)
         && !has_token(&headers, header::CONNECTION, "close");
@@ -95,6 +101,38 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Parsed, H1Error> {
         framing,
         keep_alive,
     }))
+}
+
+/// What starts a buffer read while the request body is still being sent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lead {
+    /// Nothing, or not yet a whole head: keep sending.
+    Partial,
+    /// A whole 1xx head (`100 Continue` among them), consumed: keep
+    /// sending (P8).
+    Interim,
+    /// A final head (left in place for `parse_head`), or bytes that are
+    /// no head: stop sending, the answer has begun.
+    Final,
+}
+
+/// Look at the start of `buf` while the request body is being written:
+/// interim answers are consumed, a final one is left for `parse_head`.
+pub fn lead(buf: &mut BytesMut) -> Lead {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => Lead::Partial,
+        Ok(httparse::Status::Complete(n)) => match resp.code {
+            Some(code) if code != 101 && (100..200).contains(&code) => {
+                buf.advance(n);
+                Lead::Interim
+            }
+            _ => Lead::Final,
+        },
+        // Malformed or too large: `parse_head` will say so.
+        _ => Lead::Final,
+    }
 }
 
 /// Does a comma-separated header list hold `token` (case-insensitive)?
@@ -379,6 +417,14 @@ mod tests {
                 false,
             ),
             (b"HTTP/1.1 204 No Content\r\n\r\n", true),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                true,
+            ),
         ] {
             let Parsed::Final(head) = parse(text).unwrap() else {
                 panic!("final")
@@ -397,6 +443,29 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert!(matches!(parse(&many), Err(H1Error::Malformed(_))));
+    }
+
+    #[test]
+    fn interim_heads_are_consumed_while_sending_and_a_final_one_is_kept() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\nx: 1\r\n\r\nHTTP/1.1 41"[..],
+        );
+        assert_eq!(lead(&mut buf), Lead::Interim);
+        assert_eq!(lead(&mut buf), Lead::Interim);
+        assert_eq!(lead(&mut buf), Lead::Partial);
+        assert_eq!(&buf[..], b"HTTP/1.1 41");
+        buf.extend_from_slice(b"3 Too Large\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(lead(&mut buf), Lead::Final);
+        assert!(matches!(parse_head(&mut buf), Ok(Parsed::Final(h)) if h.status == 413));
+        assert_eq!(
+            lead(&mut BytesMut::from(&b"garbage\r\n\r\n"[..])),
+            Lead::Final
+        );
+        assert_eq!(
+            lead(&mut BytesMut::from(&b"HTTP/1.1 101 Up\r\n\r\n"[..])),
+            Lead::Final
+        );
+        assert_eq!(lead(&mut BytesMut::new()), Lead::Partial);
     }
 
     /// Feed `wire` to `framing` in pieces of `size` bytes, as a connection
