@@ -218,6 +218,7 @@ impl Config {
 
     fn from_raw(raw: RawConfig, env: &dyn Env, origin: &str) -> Result<Config, ConfigError> {
         let s = Settings { env, origin };
+        warn_retired(&raw);
         let ledger = s.ledger(&raw)?;
         let (client_header_timeout, client_idle_timeout, max_connections) = s.connections(&raw)?;
         let listen: SocketAddr = s.parsed("listen", raw.listen, "127.0.0.1:8080")?;
@@ -230,11 +231,6 @@ impl Config {
         let upstream_url = s.upstream_url(raw.upstream_url)?;
         let ms = |key, v: Option<u64>, d| s.parsed::<u64>(key, v.map(|v| v.to_string()), d);
         let millis = |key, v, d| ms(key, v, d).map(Duration::from_millis);
-        if raw.max_response_bytes.is_some() {
-            // M8: answers are relayed as they arrive, in bounded memory;
-            // only the read timeout bounds them. Kept so old files load.
-            tracing::warn!("`max_response_bytes` is no longer used (M8) and is ignored");
-        }
         Ok(Config {
             listen,
             metrics_listen: s.parsed("metrics_listen", raw.metrics_listen, "127.0.0.1:9090")?,
@@ -301,6 +297,15 @@ impl Config {
             client_idle_timeout,
             max_connections,
         })
+    }
+}
+
+/// Keys kept so old files load, said to be ignored.
+fn warn_retired(raw: &RawConfig) {
+    if raw.max_response_bytes.is_some() {
+        // M8: answers are relayed as they arrive, in bounded memory; only
+        // the read timeout bounds them.
+        tracing::warn!("`max_response_bytes` is no longer used (M8) and is ignored");
     }
 }
 
