@@ -100,40 +100,6 @@ async fn sigterm_and_restart_keep_everything_exactly() {
 }
 
 #[tokio::test]
-async fn kill_9_under_load_loses_at_most_a_flush_window() {
-    let Some((_redis, [mut gw])) = gateways("kill_9_under_load_loses_at_most_a_flush_window").await
-    else {
-        return;
-    };
-    let (u, key) = gw.funded("a@example.com", "1000").await;
-    let tasks = 16;
-    let started = Instant::now();
-    let load = Load::start(&gw.url, &key, tasks);
-    load.until_served("load running", 300).await;
-    gw.kill9();
-    let elapsed = started.elapsed();
-    let served = load.stop().await;
-    gw.spawn().await;
-    let rec = gw.reconcile().await;
-    assert_eq!(rec["ok"], true, "conservation after kill -9: {rec}");
-    let usage = get_json(&gw, "/api/me/usage", &u.token).await;
-    let billed = usage["calls"].as_u64().unwrap();
-    assert!(billed <= served, "billed {billed} > served {served}");
-    let unbilled = served - billed;
-    let per_window =
-        (served as f64 / elapsed.as_secs_f64() * FLUSH_MS as f64 / 1000.0).ceil() as u64;
-    // Settlements not yet flushed die with the process: one flush window's
-    // worth, plus the batch being written and the requests in flight. The
-    // window stretches on a loaded 2-core machine, hence the margin: the
-    // figure is printed, the bound only catches a flush that stopped.
-    let bound = 10 * per_window + tasks as u64;
-    println!("kill -9: served {served}, billed {billed}, unbilled {unbilled} (one flush window ~ {per_window} requests; bound {bound})");
-    assert!(unbilled <= bound, "unbilled {unbilled} > bound {bound}");
-    let spend = nanos(usage["spend"].as_str().unwrap());
-    assert_eq!(nanos(&gw.balance(&u).await.0), 1_000_000_000_000 - spend);
-}
-
-#[tokio::test]
 async fn redis_restarted_under_load_the_gateway_recovers_by_itself() {
     let Some((mut redis, [gw])) =
         gateways("redis_restarted_under_load_the_gateway_recovers_by_itself").await

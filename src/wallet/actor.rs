@@ -420,8 +420,9 @@ impl State {
 
     fn handle_resync(&mut self, myself: &WalletRef) {
         if self.inflight {
-            // The read could race the write in the air; the flush's own
-            // answer carries the stored balance anyway.
+            // The read could race the write in the air; read once that
+            // write is answered (its answer may predate the other write).
+            self.resync_after_flush = true;
             return;
         }
         let store = self.args.store.clone();
@@ -468,6 +469,9 @@ impl State {
         stored: Option<WalletBalance>,
     ) {
         self.inflight = false;
+        if std::mem::take(&mut self.resync_after_flush) {
+            let _ = myself.cast(Msg::Resync);
+        }
         if let Some(stored) = stored {
             self.failing_since = None;
             let started = self.flush_seq;

@@ -80,6 +80,10 @@ pub struct State {
     /// that did land but whose answer was lost applies once.
     pub(super) retry: Option<WalletBatch>,
     pub(super) inflight: bool,
+    /// Another instance announced a write while our flush was in the air:
+    /// re-read the balance once that flush is done (its own answer may
+    /// predate the other write).
+    pub(super) resync_after_flush: bool,
     pub(super) flush_scheduled: bool,
     pub(super) failing_since: Option<Instant>,
     pub(super) waiters: Vec<RpcReplyPort<Result<(), WalletError>>>,
@@ -115,6 +119,7 @@ impl State {
             pending: Vec::new(),
             retry: None,
             inflight: false,
+            resync_after_flush: false,
             flush_scheduled: false,
             failing_since: None,
             waiters: Vec::new(),
