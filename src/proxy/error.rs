@@ -58,7 +58,11 @@ impl ProxyError {
     pub fn quota(resets_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> ProxyError {
         ProxyError::QuotaExceeded {
             resets_at,
-            retry_after_s: resets_at.map(|t| (t - now).num_seconds().max(1) as u64),
+            // Rounded up: a client that waits this long finds the reset.
+            retry_after_s: resets_at.map(|t| {
+                let ms = (t - now).num_milliseconds().max(1) as u64;
+                ms.div_ceil(1000)
+            }),
         }
     }
 

@@ -339,13 +339,14 @@ impl super::state::State {
         let Some(charge) = charge else {
             return self.ledger.hold(amount);
         };
-        let limited = charge.key_rule.is_some() || charge.member_rule.is_some();
-        if limited {
-            self.check_limits(charge, amount)?;
+        if charge.key_rule.is_none() && charge.member_rule.is_none() {
+            // No limit in force: nothing to reserve (the settlement is still
+            // tallied). A limit set while such a request is in flight does
+            // not count its hold, only its settlement.
+            return self.ledger.hold(amount);
         }
+        self.check_limits(charge, amount)?;
         self.ledger.hold(amount)?;
-        // Reserved even with no limit in force: a limit set while this
-        // request is in flight counts it.
         self.book.reserve(request_id, charge, amount);
         Ok(())
     }
