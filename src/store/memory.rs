@@ -56,21 +56,34 @@ struct Inner {
     limits: HashMap<String, LimitsRecord>,
 }
 
-/// One retained ledger entry (G3), compact: its JSON in one allocation
-/// (about 350 bytes for a settlement, against about 550 as a
-/// `LedgerEntry` of seven strings), so the full ring of 100,000 stays
-/// near 40 MB.
+/// One retained ledger entry (G3), compact: its fields as a JSON array in
+/// one allocation, wallet and time apart (about 170 bytes for a
+/// settlement, against about 550 as a `LedgerEntry` of seven strings), so
+/// the full ring of 100,000 stays near 25 MB.
 struct Kept {
     wallet_id: Arc<str>,
     at: DateTime<Utc>,
     json: Box<[u8]>,
 }
 
-#[derive(Default)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
     policy: Arc<LedgerPolicy>,
     signal: ExportSignal,
+    /// Batches go to one applier thread of the store's own.
+    applier: std::sync::mpsc::Sender<ApplyJob>,
+}
+
+/// A batch for the applier thread, and where its answer goes.
+struct ApplyJob {
+    batch: WalletBatch,
+    reply: tokio::sync::oneshot::Sender<StoreResult<(Applied, WalletBalance)>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::with_policy(LedgerPolicy::default())
+    }
 }
 
 impl MemoryStore {
@@ -79,10 +92,35 @@ impl MemoryStore {
     }
 
     /// A store that keeps ledger entries as `policy` says (G1-G3).
+    ///
+    /// `apply` runs off the async workers, on one thread of the store's
+    /// own: as a load test piles up entries a batch sometimes waits for a
+    /// map's rehash (tens of ms, benches/store_apply.rs), which on a worker
+    /// stalled every request queued behind it. One thread, not the blocking
+    /// pool: batches take one lock anyway, and a pool that grows threads
+    /// under load grew malloc arenas with them (tens of MB of RSS).
     pub fn with_policy(policy: LedgerPolicy) -> MemoryStore {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let policy = Arc::new(policy);
+        let (applier, jobs) = std::sync::mpsc::channel::<ApplyJob>();
+        let (state, rules) = (inner.clone(), policy.clone());
+        // Ends when the store (the sender) is dropped.
+        let spawned = std::thread::Builder::new()
+            .name("memory-store-apply".into())
+            .spawn(move || {
+                for job in jobs {
+                    let done = apply_batch(&mut lock(&state), &rules, job.batch);
+                    let _ = job.reply.send(done);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "memory store: no applier thread; every apply will fail");
+        }
         MemoryStore {
-            policy: Arc::new(policy),
-            ..MemoryStore::default()
+            inner,
+            policy,
+            signal: ExportSignal::default(),
+            applier,
         }
     }
 
@@ -213,19 +251,17 @@ impl LedgerStore for MemoryStore {
     }
 
     async fn apply(&self, batch: &WalletBatch) -> StoreResult<(Applied, WalletBalance)> {
-        // Off the async workers. Everything stays in memory here, so as a
-        // load test piles up millions of entries a batch sometimes waits
-        // for a map's rehash or the ledger's regrowth (tens to hundreds of
-        // ms, benches/store_apply.rs); on a worker thread that stalled every
-        // request queued behind it (the open-loop p99, BENCHMARKS.md).
-        let inner = self.inner.clone();
-        let batch = batch.clone();
-        let policy = self.policy.clone();
+        // On the applier thread (see `with_policy`).
+        let stopped = || StoreError::Unavailable("memory store applier stopped".into());
+        let (reply, answer) = tokio::sync::oneshot::channel();
         let batch_wallet = batch.wallet_id.clone();
-        let applied =
-            tokio::task::spawn_blocking(move || apply_batch(&mut lock(&inner), &policy, batch))
-                .await
-                .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("apply failed: {e}"))))?;
+        self.applier
+            .send(ApplyJob {
+                batch: batch.clone(),
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        let applied = answer.await.map_err(|_| stopped())??;
         if self.policy.export && applied.0 == Applied::Now {
             self.signal.mark(&batch_wallet);
         }
@@ -249,10 +285,7 @@ impl LedgerStore for MemoryStore {
         g.kept
             .iter()
             .filter(|k| &*k.wallet_id == wallet_id)
-            .map(|k| {
-                serde_json::from_slice(&k.json)
-                    .map_err(|e| StoreError::Corrupt(format!("kept ledger entry: {e}")))
-            })
+            .map(unpack)
             .collect()
     }
 
@@ -668,7 +701,7 @@ fn keep_entries(g: &mut Inner, policy: &LedgerPolicy, batch: WalletBatch) {
         };
         // Serialising a plain record cannot fail; were it to, the entry
         // is not kept (the money and counters above are applied).
-        if let Ok(json) = serde_json::to_vec(&e) {
+        if let Ok(json) = pack(&e) {
             g.kept.push_back(Kept {
                 wallet_id,
                 at: e.at,
@@ -700,5 +733,59 @@ fn balance_after(g: &Inner, batch: &WalletBatch) -> StoreResult<WalletBalance> {
     Ok(WalletBalance {
         paid: part(before.paid, paid)?,
         promo: part(before.promo, promo)?,
+    })
+}
+
+/// A kept entry's fields but its wallet and time, as a JSON array.
+type Packed = (
+    String,
+    EntryKind,
+    Nanos,
+    Nanos,
+    String,
+    Option<(String, String, Option<String>, String, u64, u64, u64, RequestStatus)>,
+);
+
+fn pack(e: &LedgerEntry) -> Result<Vec<u8>, serde_json::Error> {
+    let usage = e.usage.as_ref().map(|u| {
+        (
+            &u.key_id,
+            &u.member_id,
+            &u.team_id,
+            &u.model,
+            u.usage.input_tokens,
+            u.usage.cached_tokens,
+            u.usage.output_tokens,
+            u.status,
+        )
+    });
+    serde_json::to_vec(&(&e.id, e.kind, e.paid, e.promo, &e.reference, usage))
+}
+
+fn unpack(k: &Kept) -> StoreResult<LedgerEntry> {
+    let (id, kind, paid, promo, reference, usage): Packed = serde_json::from_slice(&k.json)
+        .map_err(|e| StoreError::Corrupt(format!("kept ledger entry: {e}")))?;
+    Ok(LedgerEntry {
+        id,
+        wallet_id: k.wallet_id.to_string(),
+        kind,
+        paid,
+        promo,
+        at: k.at,
+        reference,
+        usage: usage.map(
+            |(key_id, member_id, team_id, model, input, cached, output, status)| UsageFacts {
+                key_id,
+                member_id,
+                team_id,
+                model,
+                usage: crate::pricing::Usage {
+                    input_tokens: input,
+                    cached_tokens: cached,
+                    output_tokens: output,
+                },
+                status,
+            },
+        ),
     })
 }
