@@ -710,3 +710,148 @@ async fn pages_carry_a_csp_without_inline_script_and_assets_are_compiled_in() {
         StatusCode::NOT_FOUND
     );
 }
+
+// ---- roles: the Owner's controls, an Admin's view ----
+
+async fn sign_in_ui(gw: &Gateway, c: &Client, email: &str) {
+    c.goto(&format!("{}/#/signin", gw.url)).await.unwrap();
+    fill(c, "#signin-form input[name=email]", email).await;
+    fill(c, "#signin-form input[name=password]", PASSWORD).await;
+    click(c, "#signin-form button[type=submit]").await;
+    find(c, "#balance").await;
+}
+
+async fn member_json(gw: &Gateway, team: &str, by: &User, email: &str) -> Value {
+    let all: Value = gw
+        .get(&format!("/api/teams/{team}/members"), Some(&by.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["email"] == email)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// The Owner changes a role, invites as admin and revokes, and sets a
+/// member's spend limit, all through the page.
+async fn owner_controls(gw: &Gateway, c: &Client, owner: &User, team: &str) {
+    open(c, &format!("{}/#/teams/{team}", gw.url)).await;
+    let row = "#members-table tr[data-member='max@example.com']";
+    find(c, &format!("{row} select"))
+        .await
+        .select_by_value("admin")
+        .await
+        .unwrap();
+    click(c, &format!("{row} button.secondary")).await;
+    text_of(c, "#flash", "max@example.com is now admin").await;
+    assert_eq!(
+        member_json(gw, team, owner, "max@example.com").await["role"],
+        "admin"
+    );
+    find(c, &format!("{row} select"))
+        .await
+        .select_by_value("member")
+        .await
+        .unwrap();
+    click(c, &format!("{row} button.secondary")).await;
+    text_of(c, "#flash", "max@example.com is now member").await;
+
+    fill(c, "#invite-form input[name=email]", "ivy@example.com").await;
+    find(c, "#invite-form select[name=role]")
+        .await
+        .select_by_value("admin")
+        .await
+        .unwrap();
+    click(c, "#invite-form button[type=submit]").await;
+    text_of(c, "#invites-table", "admin").await;
+    click(c, "#invites-table button[aria-label$='ivy@example.com']").await;
+    text_of(c, "#invites", "No pending invites").await;
+
+    let max_row = find(c, row).await;
+    max_row
+        .find(Locator::Css("summary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let f = max_row.find(Locator::Css("form")).await.unwrap();
+    let spend = f
+        .find(Locator::Css("input[name=spend_limit]"))
+        .await
+        .unwrap();
+    spend.send_keys("5.25").await.unwrap();
+    f.find(Locator::Css("select[name=period]"))
+        .await
+        .unwrap()
+        .select_by_value("week")
+        .await
+        .unwrap();
+    f.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    text_of(c, row, "per week").await;
+    let limits = &member_json(gw, team, owner, "max@example.com").await["limits"];
+    assert_eq!(limits["period"], "week", "{limits}");
+    assert_eq!(
+        nanos(limits["spend_limit"].as_str().unwrap()),
+        nanos("5.25")
+    );
+    shoot(c, "12-team-as-owner-roles", "#members-table").await;
+}
+
+/// An Admin: no billing, no role changes, invites as member only, removes
+/// a Member but not the Owner, sees the team's usage.
+async fn admin_view(gw: &Gateway, c: &Client, owner: &User, team: &str) {
+    open(c, &format!("{}/#/teams/{team}", gw.url)).await;
+    text_of(c, "main h1", "your role: admin").await;
+    for css in [
+        "#team-balance",
+        "#delete-team",
+        "a[href$='/ledger']",
+        "#members-table select[data-role-for]",
+        "#invite-form select",
+        "#members-table tr[data-member='olivia@example.com'] button",
+    ] {
+        absent(c, css).await;
+    }
+    find(c, "#invite-form").await;
+    find(c, "#team-key-form").await;
+    shoot(c, "13-team-as-admin", "#members-table").await;
+    click(c, "button[aria-label='Remove max@example.com']").await;
+    text_of(c, "#flash", "max@example.com removed").await;
+    assert!(member_json(gw, team, owner, "max@example.com")
+        .await
+        .is_null());
+    open(c, &format!("{}/#/teams/{team}/usage", gw.url)).await;
+    find(c, "#usage-by-member").await;
+    find(c, "#usage-by-key").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_invites_and_limits_in_a_browser() {
+    let Some(d) = driver().await else { return };
+    let gw = gateway().await;
+    let owner = gw.user("olivia@example.com").await;
+    gw.deposit(&owner, "3", "stripe").await;
+    let team = gw.team(&owner, "Roles & Co").await;
+    let ada = gw.user("ada@example.com").await;
+    let max = gw.user("max@example.com").await;
+    gw.join(&team, &owner, &ada, "admin").await;
+    gw.join(&team, &owner, &max, "member").await;
+    let owner_c = browser(&d).await;
+    sign_in_ui(&gw, &owner_c, "olivia@example.com").await;
+    owner_controls(&gw, &owner_c, &owner, &team).await;
+    let ada_c = browser(&d).await;
+    sign_in_ui(&gw, &ada_c, "ada@example.com").await;
+    admin_view(&gw, &ada_c, &owner, &team).await;
+    owner_c.close().await.unwrap();
+    ada_c.close().await.unwrap();
+}

@@ -21,7 +21,7 @@ export function limitsEditor(l, path, withRates, done) {
     const spend = String(data.get('spend_limit') || '').trim();
     const body = { spend_limit: spend === '' ? null : spend, period: String(data.get('period')) };
     if (withRates) { body.rpm = num('rpm'); body.tpm = num('tpm'); }
-    if (await act(() => put(path, body), 'Limits saved.')) done();
+    await act(() => put(path, body), 'Limits saved.', done);
   };
   const periods = ['month', 'week', 'day', 'total'].map((p) => [p, p]);
   const f = form({ class: 'limits-form' }, submit,
@@ -59,7 +59,7 @@ async function keysSection(user, reload) {
       h('td', {}, k.status), h('td', {}, limitsText(k.limits)), h('td', {}, day(k.last_used_at)),
       h('td', {}, k.status === 'deleted' ? null :
         h('button', { type: 'button', class: 'danger', 'aria-label': `Delete key ${k.name}`, onclick: async () => {
-          if (await act(() => del(`/api/keys/${enc(k.id)}`), 'Key deleted.') !== undefined) reload();
+          await act(() => del(`/api/keys/${enc(k.id)}`), 'Key deleted.', reload);
         } }, 'Delete'),
         k.status === 'active' ? limitsEditor(k.limits, `/api/keys/${enc(k.id)}/limits`, true, reload) : null)));
     list.replaceChildren(keys.length ? table(['Name', 'Prefix', 'Status', 'Limits', 'Last used', ''], rows, { id: 'personal-keys-table' }) : h('p', { class: 'muted' }, 'No personal keys.'));

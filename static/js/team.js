@@ -52,7 +52,7 @@ function memberRow(team, m, user, reload) {
     ...field(`Role of ${m.email}`, { tag: 'select', name: 'role', options: [['member', 'member'], ['admin', 'admin']], 'data-role-for': m.email }),
     h('button', { type: 'button', class: 'secondary', onclick: async (ev) => {
       const role = ev.target.parentElement.querySelector('select').value;
-      if (await act(() => patch(path, { role }), `${m.email} is now ${role}.`) !== undefined) reload();
+      await act(() => patch(path, { role }), `${m.email} is now ${role}.`, reload);
     } }, 'Change role')) : m.role;
   if (roleCell instanceof Node) {
     roleCell.querySelector('label').className = 'sr-only';
@@ -65,7 +65,7 @@ function memberRow(team, m, user, reload) {
     } }, 'Leave team'));
   } else if (!self && can.remove(r, m.role)) {
     actions.push(h('button', { type: 'button', class: 'danger', 'aria-label': `Remove ${m.email}`, onclick: async () => {
-      if (await act(() => del(path), `${m.email} removed.`) !== undefined) reload();
+      await act(() => del(path), `${m.email} removed.`, reload);
     } }, 'Remove'));
   }
   if (can.memberLimits(r, m.role)) actions.push(limitsEditor(m.limits, `${path}/limits`, false, reload));
@@ -91,8 +91,8 @@ async function invitesSection(team, reload) {
     const inv = await act(() => post(base, body));
     if (inv) {
       el.reset();
+      await reload();
       flash(`Invitation sent to ${inv.email}.`);
-      reload();
     }
   };
   const roles = can.inviteAs(team.role);
@@ -108,7 +108,7 @@ async function invitesSection(team, reload) {
     invites.length ? table(['Email', 'Role', 'Expires', ''], invites.map((i) => h('tr', {},
       h('td', {}, i.email), h('td', {}, i.role), h('td', {}, day(i.expires_at)),
       h('td', {}, h('button', { type: 'button', class: 'secondary', 'aria-label': `Revoke the invite of ${i.email}`, onclick: async () => {
-        if (await act(() => del(`${base}/${enc(i.id)}`), 'Invite revoked.') !== undefined) reload();
+        await act(() => del(`${base}/${enc(i.id)}`), 'Invite revoked.', reload);
       } }, 'Revoke')))), { id: 'invites-table' }) : h('p', { class: 'muted' }, 'No pending invites.'));
 }
 
@@ -125,7 +125,7 @@ async function keysSection(team, members, reload) {
       h('td', {}, k.status), h('td', {}, limitsText(k.limits)), h('td', {}, day(k.last_used_at)),
       h('td', {}, manage && k.status !== 'deleted' ? [
         h('button', { type: 'button', class: 'danger', 'aria-label': `Delete key ${k.name}`, onclick: async () => {
-          if (await act(() => del(`${base}/${enc(k.id)}`), 'Key deleted.') !== undefined) reload();
+          await act(() => del(`${base}/${enc(k.id)}`), 'Key deleted.', reload);
         } }, 'Delete'),
         limitsEditor(k.limits, `${base}/${enc(k.id)}/limits`, true, reload)] : null)));
     list.replaceChildren(keys.length ? table(['Name', 'Prefix', 'Assigned to', 'Status', 'Limits', 'Last used', ''], rows, { id: 'team-keys-table' }) : h('p', { class: 'muted' }, 'No team keys.'));

@@ -55,9 +55,12 @@ export function errorText(e) {
 }
 
 // Run an action from a button or form; report its error in the flash box.
-export async function act(fn, okText) {
+// On success `after` (a re-render) runs before `okText` is shown, so that
+// the message appears on the page as it now is.
+export async function act(fn, okText, after) {
   try {
     const r = await fn();
+    if (after) await after();
     if (okText) flash(okText, 'ok');
     return r;
   } catch (e) {
