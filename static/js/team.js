@@ -158,10 +158,13 @@ function deleteSection(team) {
       location.hash = '#/';
     }
   };
-  const ask = () => box.replaceChildren(h('div', { class: 'warning', role: 'alertdialog', 'aria-labelledby': 'del-q' },
+  const ask = () => {
+    box.replaceChildren(h('div', { class: 'warning', role: 'alertdialog', 'aria-labelledby': 'del-q' },
     h('p', { id: 'del-q' }, `Delete "${team.name}"? Its remaining balance, $${team.balance}, is refunded to your personal paid balance; members lose access and every team key is deleted. This cannot be undone.`),
     h('button', { type: 'button', class: 'danger', id: 'confirm-delete', onclick: confirmDelete }, 'Delete the team and refund'),
     h('button', { type: 'button', class: 'secondary', onclick: () => box.replaceChildren() }, 'Cancel')));
+    box.querySelector('#confirm-delete').focus();
+  };
   return h('section', { 'aria-labelledby': 'del-h', id: 'delete-team' },
     h('h2', { id: 'del-h' }, 'Delete the team'),
     h('button', { type: 'button', class: 'danger', id: 'delete-team-button', onclick: ask }, 'Delete team…'),

@@ -88,6 +88,7 @@ export function secretBox(title, secret) {
       catch { document.execCommand && document.execCommand('copy'); }
     },
   }, 'Copy');
+  requestAnimationFrame(() => input.isConnected && input.focus());
   return h('div', { class: 'warning', 'data-testid': 'new-secret' },
     h('label', { for: id }, title), input, copy,
     h('p', { class: 'muted' }, 'Shown only now: store it safely. It cannot be displayed again.'));
