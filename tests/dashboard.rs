@@ -237,6 +237,7 @@ async fn owner_creates_team(gw: &Gateway, c: &Client) -> (User, String) {
     let (paid, promo) = gw.balance(&owner).await;
     text_of(c, "#balance-paid", &format!("${paid}")).await;
     text_of(c, "#balance-promo", &format!("${promo}")).await;
+    absent(c, "#suspended-warning").await;
 
     fill(c, "#create-key-form input[name=name]", "laptop").await;
     click(c, "#create-key-form button[type=submit]").await;
@@ -550,10 +551,11 @@ async fn sign_in_and_out_in_a_browser() {
     find(&c, "#balance").await;
     let token = c.get_named_cookie("tollgate_session").await.unwrap();
     let token = token.value().to_string();
-    assert_eq!(
-        gw.get("/api/me", Some(&token)).await.status(),
-        StatusCode::OK
-    );
+    let me: Value = gw.get("/api/me", Some(&token)).await.json().await.unwrap();
+    // No money: the API says suspended, the page warns.
+    assert_eq!(me["suspended"], true, "{me}");
+    text_of(&c, "#suspended-warning", "suspension threshold").await;
+    shoot(&c, "14-account-suspended", "#suspended-warning").await;
     click(&c, "#sign-out").await;
     find(&c, "#signin-form").await;
     assert!(c.get_named_cookie("tollgate_session").await.is_err());
