@@ -250,6 +250,15 @@ async fn owner_creates_team(gw: &Gateway, c: &Client) -> (User, String) {
     assert!(secret.len() > 20, "the key is shown once: {secret}");
     assert!(!c.current_url().await.unwrap().as_str().contains(&secret));
     text_of(c, "#personal-keys-table", "laptop").await;
+    // A call with the personal key shows in the personal usage.
+    let r = gw.chat(&secret, &chat_body("gpt-4o-mini"), &[]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let (paid, _) = gw.balance(&owner).await;
+    c.refresh().await.unwrap();
+    text_of(c, "#personal-usage", "Calls\n1").await;
+    text_of(c, "#balance-paid", &format!("${paid}")).await;
+    absent(c, "[data-testid=new-secret]").await;
+    find(c, "#personal-usage figure canvas").await;
     let png = c.screenshot().await.unwrap();
     std::fs::write(screenshot_dir().join("02-account-new-key-desktop.png"), png).unwrap();
 
@@ -694,6 +703,7 @@ async fn pages_carry_a_csp_without_inline_script_and_assets_are_compiled_in() {
     }
     for (asset, ty) in [
         ("/assets/js/app.js", "text/javascript"),
+        ("/assets/js/chart.js", "text/javascript"),
         ("/assets/app.css", "text/css"),
         (
             "/assets/vendor/uplot-1.6.32/uPlot.iife.min.js",
@@ -706,6 +716,13 @@ async fn pages_carry_a_csp_without_inline_script_and_assets_are_compiled_in() {
             .to_str()
             .unwrap()
             .starts_with(ty));
+    }
+    // Every module in static/js/ is compiled in (a missing one breaks the page).
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("static/js");
+    for f in std::fs::read_dir(dir).unwrap() {
+        let name = f.unwrap().file_name().into_string().unwrap();
+        let r = gw.get(&format!("/assets/js/{name}"), None).await;
+        assert_eq!(r.status(), StatusCode::OK, "static/js/{name} is not served");
     }
     assert_eq!(
         gw.get("/assets/nope.js", None).await.status(),

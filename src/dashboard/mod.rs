@@ -74,6 +74,12 @@ const ASSETS: &[(&str, &str, &[u8], bool)] = &[
         false,
     ),
     (
+        "js/chart.js",
+        JS,
+        include_bytes!("../../static/js/chart.js"),
+        false,
+    ),
+    (
         "vendor/uplot-1.6.32/uPlot.iife.min.js",
         JS,
         include_bytes!("../../static/vendor/uplot-1.6.32/uPlot.iife.min.js"),

@@ -1,7 +1,8 @@
 // The account view: balance and suspension warning, personal keys (created
 // once-shown, deleted, archived while in a team), teams, create a team.
 import { get, post, put, del, enc } from './api.js';
-import { h, field, form, flash, act, money, day, secretBox, table } from './ui.js';
+import { h, field, form, flash, act, money, day, secretBox, table, stats } from './ui.js';
+import { chart } from './chart.js';
 
 // A limits object (Q1-Q3) as a line of text.
 export function limitsText(l) {
@@ -95,11 +96,21 @@ function teamsSection(user, reload) {
         h('button', { type: 'submit' }, 'Create Team'))));
 }
 
+// Personal keys' usage (team usage is on each team's page).
+async function usageSection() {
+  const u = await get('/api/me/usage?days=30');
+  return h('section', { 'aria-labelledby': 'pu-h', id: 'personal-usage' },
+    h('h2', { id: 'pu-h' }, 'Personal keys: usage, last 30 days'), stats(u),
+    chart('Personal spend per day (USD)', [{ label: 'Spend', days: u.days }], 'spend'),
+    h('a', { class: 'button secondary', href: '/api/me/usage?format=csv&days=30', download: 'my-usage.csv' }, 'Download CSV (30 days, with your team usage)'));
+}
+
 export async function homeView(user, reload) {
   return [
     h('h1', {}, 'Your account'),
     balanceSection(user),
     await keysSection(user, reload),
     teamsSection(user, reload),
+    await usageSection(),
   ];
 }
