@@ -12,6 +12,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -21,8 +22,15 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// Debian's paths; `TOLLGATE_TEST_CHROMIUM` / `TOLLGATE_TEST_CHROMEDRIVER`
+/// name others.
+fn chromium() -> String {
+    std::env::var("TOLLGATE_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
+}
+
+fn chromedriver() -> String {
+    std::env::var("TOLLGATE_TEST_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into())
+}
 const PASSWORD: &str = "password123";
 
 fn free_port() -> u16 {
@@ -48,21 +56,25 @@ impl Drop for Driver {
 
 /// chromedriver, or `None` (with a banner) where the packages are absent.
 async fn driver() -> Option<Driver> {
-    if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
+    let (chromium, chromedriver) = (chromium(), chromedriver());
+    if !Path::new(&chromium).exists() || !Path::new(&chromedriver).exists() {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must install chromium and chromium-driver (.ci/run)"
         );
-        eprintln!(
+        // Straight to stderr: `eprintln!` is captured, and hidden, for
+        // tests that pass.
+        let _ = writeln!(
+            std::io::stderr().lock(),
             "\n==============================================================\n\
-             SKIPPED: the dashboard browser tests need {CHROMIUM} and {CHROMEDRIVER}\n\
+             SKIPPED: the dashboard browser tests need {chromium} and {chromedriver}\n\
              (apt-get install chromium chromium-driver)\n\
              ==============================================================\n"
         );
         return None;
     }
     let port = free_port();
-    let child = Command::new(CHROMEDRIVER)
+    let child = Command::new(&chromedriver)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -83,7 +95,7 @@ async fn driver() -> Option<Driver> {
 async fn browser(d: &Driver) -> Client {
     let caps = json!({
         "goog:chromeOptions": {
-            "binary": CHROMIUM,
+            "binary": chromium(),
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                      "--disable-dev-shm-usage", "--window-size=1280,800",
                      "--hide-scrollbars"],
@@ -455,7 +467,8 @@ async fn measure_usage_page(gw: &Gateway, d: &Driver, owner: &User, team: &str) 
         .unwrap();
     let body = m["html"].as_f64().unwrap() + m["assets"].as_f64().unwrap();
     let wire = m["html_transfer"].as_f64().unwrap() + m["assets_transfer"].as_f64().unwrap();
-    eprintln!(
+    let _ = writeln!(
+        std::io::stderr().lock(),
         "USAGE PAGE WEIGHT: {body} bytes of HTML+JS+CSS bodies ({} asset files), \
          {wire} bytes transferred with headers, cold cache; \
          DOMContentLoaded {:.0} ms, load {:.0} ms, usage tables rendered by {:.0} ms \
