@@ -60,6 +60,7 @@ pub mod billing;
 pub mod clock;
 pub mod config;
 pub mod connections;
+pub mod dashboard;
 pub mod demo;
 pub mod ids;
 pub mod ledger_db;

@@ -92,6 +92,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(crate::proxy::router())
         .merge(crate::api::router())
+        .merge(crate::dashboard::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .with_state(app)

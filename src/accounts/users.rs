@@ -193,6 +193,21 @@ impl Accounts {
             .ok_or(AccountError::Unauthenticated)
     }
 
+    /// A3: ends the session behind `token` (sign-out): its record is
+    /// rewritten as expired now, which the stores treat as gone. An unknown
+    /// or expired token is `Unauthenticated`.
+    pub async fn log_out(&self, token: &str) -> Result<(), AccountError> {
+        let user = self.authenticate(token).await?;
+        self.store
+            .put_session(&SessionRecord {
+                token_hash: ids::sha256_hex(token.as_bytes()),
+                user_id: user.id,
+                expires_at: self.clock.now(),
+            })
+            .await?;
+        Ok(())
+    }
+
     /// K1, K2: a new personal key; the secret is returned once. Refused
     /// while the user belongs to a team; the membership lock is held so
     /// that they cannot join one meanwhile.

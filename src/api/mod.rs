@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod error;
 pub mod limits;
+pub mod session_cookie;
 pub mod strict;
 pub mod teams;
 pub mod usage;
@@ -33,7 +34,10 @@ pub const MAX_API_BODY: usize = 64 * 1024;
 pub fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/api/users", post(users::sign_up))
-        .route("/api/sessions", post(users::log_in))
+        .route(
+            "/api/sessions",
+            post(users::log_in).delete(session_cookie::log_out),
+        )
         .route("/api/me", get(users::me))
         .route("/api/keys", post(users::create_key).get(users::list_keys))
         .route("/api/keys/{key_id}", delete(users::delete_key))
@@ -122,14 +126,21 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The signed-in user (A1, A3): a valid, unexpired session token.
+/// The session token of a request: `Authorization: Bearer`, else the
+/// dashboard's `tollgate_session` cookie (session_cookie.rs).
+pub fn session_token(headers: &HeaderMap) -> Option<&str> {
+    bearer(headers).or_else(|| session_cookie::from_headers(headers))
+}
+
+/// The signed-in user (A1, A3): a valid, unexpired session token, from the
+/// bearer header or the session cookie.
 pub struct CurrentUser(pub UserRecord);
 
 impl FromRequestParts<Arc<App>> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers).ok_or(ApiError::Unauthenticated)?;
+        let token = session_token(&parts.headers).ok_or(ApiError::Unauthenticated)?;
         Ok(CurrentUser(app.accounts.authenticate(token).await?))
     }
 }

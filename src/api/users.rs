@@ -62,10 +62,20 @@ pub async fn log_in(
     Body(c): Body<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (token, expires_at) = app.accounts.log_in(&c.email, &c.password, addr).await?;
-    Ok((
+    // The dashboard's cookie too (session_cookie.rs); the JSON is unchanged.
+    let max_age = (expires_at - app.clock.now()).num_seconds();
+    let cookie = super::session_cookie::set(&app, &token, max_age);
+    let mut answer = (
         StatusCode::CREATED,
         Json(json!({"token": token, "expires_at": expires_at})),
-    ))
+    )
+        .into_response();
+    if let Some(v) = cookie {
+        answer
+            .headers_mut()
+            .insert(axum::http::header::SET_COOKIE, v);
+    }
+    Ok(answer)
 }
 
 pub async fn me(
