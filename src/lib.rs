@@ -67,6 +67,7 @@ pub mod limits;
 pub mod mailer;
 pub mod metrics;
 pub mod money;
+pub mod notify;
 pub mod pricing;
 pub mod proxy;
 pub mod server;

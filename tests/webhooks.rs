@@ -1,0 +1,332 @@
+//! N1-N3 through real sockets: a gateway, and a webhook receiver (a small
+//! axum server in the test) that records every delivery and answers the
+//! statuses it is told to. Signatures are checked with ring's HMAC,
+//! independent of the gateway's (the hmac crate).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode as AxStatus};
+use base64::Engine;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use common::*;
+
+/// What a receiver saw: each delivery's headers and body.
+#[derive(Clone, Default)]
+pub struct Receiver {
+    pub seen: Arc<Mutex<Vec<(HeaderMap, String)>>>,
+    /// Statuses to answer, in order; then 200.
+    pub answers: Arc<Mutex<VecDeque<u16>>>,
+    pub url: String,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let r = Receiver {
+            url,
+            ..Receiver::default()
+        };
+        let state = r.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: String| {
+                let state = state.clone();
+                async move {
+                    state.seen.lock().unwrap().push((headers, body));
+                    let code = state.answers.lock().unwrap().pop_front().unwrap_or(200);
+                    AxStatus::from_u16(code).unwrap()
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        r
+    }
+
+    pub fn seen(&self) -> Vec<(HeaderMap, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Bodies of the deliveries of type `kind`.
+    pub fn of_type(&self, kind: &str) -> Vec<(HeaderMap, Value)> {
+        self.seen()
+            .into_iter()
+            .map(|(h, b)| (h, serde_json::from_str::<Value>(&b).unwrap()))
+            .filter(|(_, v)| v["type"] == kind)
+            .collect()
+    }
+}
+
+/// A gateway that may call receivers on 127.0.0.1, polls often, and
+/// retries after 50 ms, 100 ms.
+pub async fn gateway() -> Gateway {
+    spawn_gateway_with(|c| {
+        c.notify.allow_private = true;
+        c.notify.poll = Duration::from_millis(20);
+        c.notify.retry_delays = vec![Duration::from_millis(50), Duration::from_millis(100)];
+    })
+    .await
+}
+
+/// Standard Webhooks verification, with ring: the signature of
+/// `id.timestamp.body` under the secret's decoded bytes.
+pub fn verify(secret: &str, headers: &HeaderMap, body: &str) -> bool {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let id = headers["webhook-id"].to_str().unwrap();
+    let ts = headers["webhook-timestamp"].to_str().unwrap();
+    let sig = headers["webhook-signature"].to_str().unwrap();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+    let tag = ring::hmac::sign(&key, format!("{id}.{ts}.{body}").as_bytes());
+    sig.split(' ')
+        .any(|s| s == format!("v1,{}", b64.encode(tag.as_ref())))
+}
+
+/// Create an endpoint at `path` (`/api/teams/T/webhooks` or
+/// `/api/me/webhooks`); returns its JSON (with the secret).
+pub async fn hook(g: &Gateway, path: &str, who: &User, url: &str, events: &[&str]) -> Value {
+    let r = g
+        .post(
+            path,
+            Some(&who.token),
+            &json!({"url": url, "events": events}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+    r.json().await.unwrap()
+}
+
+pub async fn log(g: &Gateway, path: &str, who: &User) -> Vec<Value> {
+    let r = g.get(path, Some(&who.token)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json::<Vec<Value>>().await.unwrap()
+}
+
+#[tokio::test]
+async fn deliveries_are_signed_per_standard_webhooks() {
+    let g = gateway().await;
+    let rx = Receiver::start().await;
+    let (a, _) = g.funded("a@example.com", "10").await;
+    let team = g.team(&a, "T").await;
+    let path = format!("/api/teams/{team}/webhooks");
+    let w = hook(&g, &path, &a, &rx.url, &["member.joined", "key.created"]).await;
+    let secret = w["secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_"));
+    let b = g.user("b@example.com").await;
+    g.join(&team, &a, &b, "member").await;
+    g.team_key(&team, &a, None).await;
+    wait_until("two deliveries", || async { rx.seen().len() >= 2 }).await;
+    for (h, body) in rx.seen() {
+        assert!(verify(secret, &h, &body), "signature of {body}");
+        assert!(!verify(
+            "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            &h,
+            &body
+        ));
+        assert_eq!(h["content-type"], "application/json");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["data"]["team_id"], team.as_str());
+        assert!(chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap()).is_ok());
+        assert!(h["webhook-id"].to_str().unwrap().starts_with("evt_"));
+    }
+    let joined = rx.of_type("member.joined");
+    assert_eq!(joined.len(), 1);
+    assert_eq!(joined[0].1["data"]["user_id"], b.id.as_str());
+    assert_eq!(rx.of_type("key.created").len(), 1);
+    // Not subscribed: nothing else came.
+    assert_eq!(rx.seen().len(), 2);
+    // The delivery log, newest first, and the listing without the secret.
+    let id = w["id"].as_str().unwrap();
+    let rows = log(&g, &format!("{path}/{id}/deliveries"), &a).await;
+    wait_until("both delivered in the log", || async {
+        log(&g, &format!("{path}/{id}/deliveries"), &a)
+            .await
+            .iter()
+            .all(|r| r["status"] == "delivered")
+    })
+    .await;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["type"], "key.created");
+    let rows = log(&g, &format!("{path}/{id}/deliveries"), &a).await;
+    assert_eq!(rows[1]["response_status"], 200);
+    assert_eq!(rows[1]["attempt"], 1);
+    let list = log(&g, &path, &a).await;
+    assert_eq!(list.len(), 1);
+    assert!(list[0].get("secret").is_none());
+    assert_eq!(list[0]["events"], json!(["member.joined", "key.created"]));
+}
+
+#[tokio::test]
+async fn a_failed_delivery_is_retried_with_the_same_id_then_given_up() {
+    let g = gateway().await;
+    let rx = Receiver::start().await;
+    rx.answers.lock().unwrap().push_back(500);
+    let (a, _) = g.funded("a@example.com", "10").await;
+    let team = g.team(&a, "T").await;
+    let path = format!("/api/teams/{team}/webhooks");
+    let w = hook(&g, &path, &a, &rx.url, &["member.joined"]).await;
+    let b = g.user("b@example.com").await;
+    g.join(&team, &a, &b, "member").await;
+    wait_until("a retry", || async { rx.seen().len() >= 2 }).await;
+    let seen = rx.seen();
+    assert_eq!(seen[0].0["webhook-id"], seen[1].0["webhook-id"]);
+    assert_eq!(seen[0].1, seen[1].1);
+    assert!(verify(
+        w["secret"].as_str().unwrap(),
+        &seen[1].0,
+        &seen[1].1
+    ));
+    let id = w["id"].as_str().unwrap();
+    let dpath = format!("{path}/{id}/deliveries");
+    wait_until("delivered", || async {
+        log(&g, &dpath, &a).await[0]["status"] == "delivered"
+    })
+    .await;
+    let row = &log(&g, &dpath, &a).await[0];
+    assert_eq!(row["attempt"], 2);
+    assert_eq!(row["attempts"][0]["response_status"], 500);
+    assert_eq!(row["response_status"], 200);
+
+    // A receiver that always fails: 1 attempt + 2 retries, then failed.
+    rx.answers.lock().unwrap().extend([503, 503, 503, 503]);
+    let c = g.user("c@example.com").await;
+    g.join(&team, &a, &c, "member").await;
+    wait_until("failed", || async {
+        log(&g, &dpath, &a).await[0]["status"] == "failed"
+    })
+    .await;
+    let row = &log(&g, &dpath, &a).await[0];
+    assert_eq!(row["attempt"], 3);
+    assert_eq!(row["next_attempt_at"], Value::Null);
+    assert_eq!(rx.seen().len(), 5);
+}
+
+#[tokio::test]
+async fn the_authorisation_matrix_and_bad_input() {
+    let g = gateway().await;
+    let (a, _) = g.funded("a@example.com", "10").await;
+    let team = g.team(&a, "T").await;
+    let admin = g.user("admin@example.com").await;
+    let member = g.user("member@example.com").await;
+    let stranger = g.user("stranger@example.com").await;
+    g.join(&team, &a, &admin, "admin").await;
+    g.join(&team, &a, &member, "member").await;
+    let path = format!("/api/teams/{team}/webhooks");
+    let w = hook(&g, &path, &a, "https://example.com/h", &["balance.low"]).await;
+    let id = w["id"].as_str().unwrap();
+    let body = json!({"url": "https://example.com/x", "events": ["balance.low"]});
+    let alerts = json!({"thresholds": ["5"]});
+    for (who, want) in [
+        (&admin, StatusCode::FORBIDDEN),
+        (&member, StatusCode::FORBIDDEN),
+        (&stranger, StatusCode::NOT_FOUND),
+    ] {
+        let t = Some(who.token.as_str());
+        assert_eq!(g.post(&path, t, &body).await.status(), want);
+        assert_eq!(g.get(&path, t).await.status(), want);
+        assert_eq!(
+            g.get(&format!("{path}/{id}/deliveries"), t).await.status(),
+            want
+        );
+        assert_eq!(g.delete(&format!("{path}/{id}"), t).await.status(), want);
+        let r = g
+            .http
+            .put(format!("{}/api/teams/{team}/alerts", g.url))
+            .bearer_auth(&who.token)
+            .json(&alerts)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want);
+    }
+    assert_eq!(g.get(&path, None).await.status(), StatusCode::UNAUTHORIZED);
+    // Someone else's endpoint is not found through one's own routes.
+    assert_eq!(
+        g.delete(&format!("/api/me/webhooks/{id}"), Some(&a.token))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    refuses_bad_bodies(&g, &path, &a).await;
+    assert_eq!(log(&g, &path, &a).await.len(), 1);
+    assert_eq!(
+        g.delete(&format!("{path}/{id}"), Some(&a.token))
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(log(&g, &path, &a).await.is_empty());
+}
+
+/// 422 for each malformed endpoint, with its code; nothing created.
+async fn refuses_bad_bodies(g: &Gateway, path: &str, a: &User) {
+    for (bad, code) in [
+        (
+            json!({"url": "ftp://example.com/", "events": ["balance.low"]}),
+            "invalid_url",
+        ),
+        (
+            json!({"url": "example.com", "events": ["balance.low"]}),
+            "invalid_url",
+        ),
+        (
+            json!({"url": "https://example.com/", "events": ["balance.lower"]}),
+            "invalid_event",
+        ),
+        (
+            json!({"url": "https://example.com/", "events": []}),
+            "invalid_event",
+        ),
+        (
+            json!({"url": "https://example.com/", "events": ["key.created"], "x": 1}),
+            "invalid_request",
+        ),
+    ] {
+        let r = g.post(path, Some(&a.token), &bad).await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            code,
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn private_addresses_are_refused_without_the_flag() {
+    let g = spawn_gateway().await;
+    let a = g.user("a@example.com").await;
+    for url in [
+        "http://127.0.0.1:8080/h",
+        "http://10.0.0.1/h",
+        "http://169.254.169.254/latest",
+        "http://[::1]/h",
+    ] {
+        let r = g
+            .post(
+                "/api/me/webhooks",
+                Some(&a.token),
+                &json!({"url": url, "events": ["key.created"]}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{url}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            "invalid_url"
+        );
+    }
+    // A name that resolves to loopback is accepted, but never called:
+    // the attempt fails at resolution and is logged as such.
+    let rx = Receiver::start().await;
+    let url = rx.url.replace("127.0.0.1", "localhost");
+    let w = hook(&g, "/api/me/webhooks", &a, &url, &["quota.reached"]).await;
+    assert!(w["id"].is_string());
+}
