@@ -239,6 +239,10 @@ impl App {
                 match change {
                     store::Change::Key(hash) => app.keys.invalidate(&hash),
                     store::Change::Wallet(id) => app.wallets.resync(&id),
+                    store::Change::Alerts(id) => match app.store.alerts(&id).await {
+                        Ok(t) => app.wallets.set_alerts(&id, t).await,
+                        Err(e) => tracing::warn!(error = %e, "alert thresholds not re-read"),
+                    },
                 }
             }
         });

@@ -70,6 +70,7 @@ impl Receiver {
 pub async fn gateway() -> Gateway {
     spawn_gateway_with(|c| {
         c.notify.allow_private = true;
+        c.public_url = "https://gw.example.com".into();
         c.notify.poll = Duration::from_millis(20);
         c.notify.retry_delays = vec![Duration::from_millis(50), Duration::from_millis(100)];
     })
@@ -329,4 +330,161 @@ async fn private_addresses_are_refused_without_the_flag() {
     let url = rx.url.replace("127.0.0.1", "localhost");
     let w = hook(&g, "/api/me/webhooks", &a, &url, &["quota.reached"]).await;
     assert!(w["id"].is_string());
+}
+
+/// `n` concurrent calls on `key`, each costing $0.0006; all must pass.
+async fn spend(g: &Gateway, key: &str, n: usize) {
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1000});
+    let knobs = [
+        ("x-mock-prompt-tokens", "0"),
+        ("x-mock-completion-tokens", "1000"),
+    ];
+    let calls = (0..n).map(|_| g.chat(key, &body, &knobs));
+    for r in futures_util::future::join_all(calls).await {
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+}
+
+/// The team's event log entries of `kind`.
+async fn logged(g: &Gateway, team: &str, owner: &User, kind: &str) -> Vec<Value> {
+    let ev: Vec<Value> = g
+        .get(&format!("/api/teams/{team}/events"), Some(&owner.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    ev.into_iter().filter(|e| e["kind"] == kind).collect()
+}
+
+async fn put_alerts(g: &Gateway, path: &str, who: &User, body: &Value) -> reqwest::Response {
+    g.http
+        .put(format!("{}{path}", g.url))
+        .bearer_auth(&who.token)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// 422 for each malformed threshold list.
+async fn refuses_bad_thresholds(g: &Gateway, path: &str, a: &User) {
+    for bad in [
+        json!({"thresholds": ["0"]}),
+        json!({"thresholds": ["-1"]}),
+        json!({"thresholds": [1]}),
+        json!({"thresholds": vec!["1"; 11]}),
+        json!({"thresholds": ["0.0000000001"]}),
+    ] {
+        assert_eq!(
+            put_alerts(g, path, a, &bad).await.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn balance_low_fires_once_for_50_concurrent_crossings_and_rearms() {
+    let g = gateway().await;
+    let rx = Receiver::start().await;
+    let (a, _) = g.funded("a@example.com", "1").await;
+    let team = g.team(&a, "Ops").await;
+    let w = hook(
+        &g,
+        &format!("/api/teams/{team}/webhooks"),
+        &a,
+        &rx.url,
+        &["balance.low"],
+    )
+    .await;
+    let path = format!("/api/teams/{team}/alerts");
+    refuses_bad_thresholds(&g, &path, &a).await;
+    // $1.00 now; 50 calls of $0.0006 cross $0.994 on the 11th.
+    let r = put_alerts(&g, &path, &a, &json!({"thresholds": ["0.994", "0.5"]})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"thresholds": ["0.50", "0.994"]})
+    );
+    let (_, key) = g.team_key(&team, &a, None).await;
+    spend(&g, &key, 50).await;
+    wait_until("all settled", || async {
+        g.team_balance(&team, &a).await == "0.97"
+    })
+    .await;
+    wait_until("one delivery", || async {
+        !rx.of_type("balance.low").is_empty()
+    })
+    .await;
+    let lows = logged(&g, &team, &a, "balance.low").await;
+    assert_eq!(lows.len(), 1, "{lows:?}");
+    let (h, v) = &rx.of_type("balance.low")[0];
+    let (_, raw) = rx.seen().into_iter().next().unwrap();
+    assert!(verify(w["secret"].as_str().unwrap(), h, &raw));
+    assert_eq!(v["data"]["threshold"], "0.994");
+    assert_eq!(v["data"]["team_id"], team.as_str());
+    assert!(nanos(v["data"]["balance"].as_str().unwrap()) < nanos("0.994"));
+    // The owner's email, through the outbox.
+    wait_until("the email", || async {
+        g.store
+            .outbox()
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.to == a.email)
+    })
+    .await;
+    let outbox = g.store.outbox().await.unwrap();
+    let mail = outbox.iter().find(|m| m.to == a.email).unwrap();
+    assert!(
+        mail.body.contains("Ops") && mail.body.contains("0.994"),
+        "{}",
+        mail.body
+    );
+    assert!(
+        mail.body.contains("https://gw.example.com/"),
+        "{}",
+        mail.body
+    );
+    // A top-up back above re-arms it; the next crossing fires again.
+    assert_eq!(
+        g.team_deposit(&team, "0.03").await.status(),
+        StatusCode::CREATED
+    );
+    spend(&g, &key, 20).await;
+    wait_until("re-armed alert", || async {
+        rx.of_type("balance.low").len() == 2
+    })
+    .await;
+    wait_until("settled", || async {
+        g.team_balance(&team, &a).await == "0.988"
+    })
+    .await;
+    assert_eq!(logged(&g, &team, &a, "balance.low").await.len(), 2);
+}
+
+#[tokio::test]
+async fn personal_wallets_get_wallet_events_with_the_user_id() {
+    let g = gateway().await;
+    let rx = Receiver::start().await;
+    let (u, key) = g.funded("u@example.com", "0.0506").await;
+    let events = ["wallet.suspended", "wallet.resumed", "balance.low"];
+    hook(&g, "/api/me/webhooks", &u, &rx.url, &events).await;
+    let r = put_alerts(&g, "/api/me/alerts", &u, &json!({"thresholds": ["0.0503"]})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    spend(&g, &key, 1).await;
+    wait_until("suspended", || async {
+        !rx.of_type("wallet.suspended").is_empty()
+    })
+    .await;
+    wait_until("low", || async { !rx.of_type("balance.low").is_empty() }).await;
+    let (_, v) = &rx.of_type("wallet.suspended")[0];
+    assert_eq!(v["data"]["user_id"], u.id.as_str());
+    assert!(v["data"].get("team_id").is_none());
+    g.deposit(&u, "1", "stripe").await;
+    wait_until("resumed", || async {
+        !rx.of_type("wallet.resumed").is_empty()
+    })
+    .await;
+    assert_eq!(rx.of_type("wallet.suspended").len(), 1);
 }

@@ -168,6 +168,11 @@ async fn set_alerts(app: &App, wallet_id: &str, body: Alerts) -> Result<Json<Val
     t.sort_unstable();
     t.dedup();
     app.store.put_alerts(wallet_id, &t).await?;
+    app.wallets.set_alerts(wallet_id, t.clone()).await;
+    let change = crate::store::Change::Alerts(wallet_id.to_string());
+    if let Err(e) = app.store.publish(&change).await {
+        tracing::warn!(error = %e, "alert change not announced to other instances");
+    }
     Ok(Json(json!({ "thresholds": t })))
 }
 

@@ -5,6 +5,7 @@
 //! Nothing here speaks HTTP.
 
 pub mod actor;
+pub mod alerts;
 pub mod ledger;
 pub mod limits;
 mod persist;
@@ -195,6 +196,14 @@ impl WalletHandle {
                     let _ = me.actor().await;
                 });
             }
+        }
+    }
+
+    /// N2: new low-balance thresholds for the running actor (a stopped
+    /// one loads them from the store when it starts).
+    pub fn set_alerts(&self, thresholds: Vec<Nanos>) {
+        if let Some(actor) = self.slot.running() {
+            let _ = actor.cast(Msg::SetAlerts(thresholds));
         }
     }
 
