@@ -5,6 +5,10 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/process.rs"]
+mod process;
+#[path = "common/redis.rs"]
+mod redis_harness;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -29,7 +33,10 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Receiver::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    pub fn start_on(listener: TcpListener) -> Receiver {
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let r = Receiver {
             url,
@@ -487,4 +494,68 @@ async fn personal_wallets_get_wallet_events_with_the_user_id() {
     })
     .await;
     assert_eq!(rx.of_type("wallet.suspended").len(), 1);
+}
+
+#[tokio::test]
+async fn a_receiver_down_across_a_gateway_restart_gets_its_delivery_after() {
+    let Some(redis) = redis_harness::RedisServer::start("webhooks_restart") else {
+        return;
+    };
+    let mock = spawn_mock().await;
+    let delays = vec!["300"; 30].join(",");
+    let extra = [
+        ("TOLLGATE_WEBHOOK_ALLOW_PRIVATE", "true".to_string()),
+        ("TOLLGATE_WEBHOOK_POLL_MS", "20".to_string()),
+        ("TOLLGATE_WEBHOOK_RETRY_DELAYS_MS", delays),
+    ];
+    let mut gw = process::Gw::start_with(&redis.url(), &mock.url, &extra).await;
+    // Nothing listens on the receiver's port yet.
+    let port = process::free_port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let (a, _) = gw.api.funded("a@example.com", "10").await;
+    let team = gw.api.team(&a, "T").await;
+    let path = format!("/api/teams/{team}/webhooks");
+    let r = gw
+        .api
+        .post(
+            &path,
+            Some(&a.token),
+            &json!({"url": url, "events": ["member.joined"]}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let w: Value = r.json().await.unwrap();
+    let dpath = format!("{path}/{}/deliveries", w["id"].as_str().unwrap());
+    let b = gw.api.user("b@example.com").await;
+    gw.api.join(&team, &a, &b, "member").await;
+    wait_until("a failed attempt", || async {
+        let rows = log_of(&gw.api, &dpath, &a).await;
+        rows.first()
+            .is_some_and(|r| r["attempt"].as_u64() >= Some(1))
+    })
+    .await;
+    gw.term();
+    gw.spawn().await;
+    let rx = Receiver::start_on(TcpListener::bind(("127.0.0.1", port)).await.unwrap());
+    wait_until("delivered after the restart", || async {
+        !rx.seen().is_empty()
+    })
+    .await;
+    let (h, body) = rx.seen().remove(0);
+    assert!(verify(w["secret"].as_str().unwrap(), &h, &body));
+    wait_until("logged as delivered", || async {
+        log_of(&gw.api, &dpath, &a).await[0]["status"] == "delivered"
+    })
+    .await;
+    let row = &log_of(&gw.api, &dpath, &a).await[0];
+    assert_eq!(
+        h["webhook-id"].to_str().unwrap(),
+        row["event_id"].as_str().unwrap()
+    );
+    assert!(row["attempt"].as_u64().unwrap() >= 2, "{row}");
+    assert_eq!(rx.seen().len(), 1);
+}
+
+async fn log_of(api: &Api, path: &str, who: &User) -> Vec<Value> {
+    api.get(path, Some(&who.token)).await.json().await.unwrap()
 }
