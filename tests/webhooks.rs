@@ -559,3 +559,32 @@ async fn a_receiver_down_across_a_gateway_restart_gets_its_delivery_after() {
 async fn log_of(api: &Api, path: &str, who: &User) -> Vec<Value> {
     api.get(path, Some(&who.token)).await.json().await.unwrap()
 }
+
+#[tokio::test]
+async fn a_team_created_at_zero_is_logged_suspended_and_a_funded_one_is_not() {
+    let g = gateway().await;
+    let a = g.user("a@example.com").await;
+    let broke = g.team(&a, "Broke").await;
+    wait_until("team.suspended", || async {
+        logged(&g, &broke, &a, "team.suspended").await.len() == 1
+    })
+    .await;
+    let (b, _) = g.funded("b@example.com", "10").await;
+    let rich = g.team(&b, "Rich").await;
+    // The deposit below is logged after anything the creation logged.
+    assert_eq!(
+        g.team_deposit(&rich, "1").await.status(),
+        StatusCode::CREATED
+    );
+    let ev: Vec<Value> = g
+        .get(&format!("/api/teams/{rich}/events"), Some(&b.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = ev.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(
+        !kinds.contains(&"team.suspended") && !kinds.contains(&"team.resumed"),
+        "{kinds:?}"
+    );
+}

@@ -199,6 +199,15 @@ impl WalletHandle {
         }
     }
 
+    /// N3: mark a new team wallet while it is funded at creation (its
+    /// resumption then is not logged); unmark it after.
+    pub fn mark_fresh(&self, fresh: bool) {
+        self.slot
+            .shared
+            .fresh
+            .store(fresh, std::sync::atomic::Ordering::Release);
+    }
+
     /// N2: new low-balance thresholds for the running actor (a stopped
     /// one loads them from the store when it starts).
     pub fn set_alerts(&self, thresholds: Vec<Nanos>) {

@@ -24,6 +24,9 @@ pub struct WalletShared {
     /// actor restarted after an idle stop does not reuse a batch id (the
     /// store would take the new batch for a replay and drop it).
     pub batch_seq: AtomicU64,
+    /// N3: a team wallet being funded at its creation: the first
+    /// resumption is its funding, not news, and is not logged.
+    pub fresh: AtomicBool,
 }
 
 impl WalletShared {
@@ -169,7 +172,10 @@ impl State {
             } else {
                 TeamEvent::Resumed
             };
-            self.record_team_event(kind);
+            let funding = !now && self.args.shared.fresh.swap(false, Ordering::AcqRel);
+            if !funding {
+                self.record_team_event(kind);
+            }
         }
         let balance = self.ledger.balance();
         let mut fired: Option<Vec<Nanos>> = None;
