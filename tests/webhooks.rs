@@ -112,6 +112,21 @@ pub async fn hook(g: &Gateway, path: &str, who: &User, url: &str, events: &[&str
     r.json().await.unwrap()
 }
 
+/// With `WEBHOOK_CAPTURE=path`, write one delivery for
+/// scripts/verify_webhook.py (the Python reference verifier).
+fn capture(secret: &str, (h, body): &(HeaderMap, String)) {
+    let Ok(path) = std::env::var("WEBHOOK_CAPTURE") else {
+        return;
+    };
+    let headers: serde_json::Map<String, Value> =
+        ["webhook-id", "webhook-timestamp", "webhook-signature"]
+            .iter()
+            .map(|n| ((*n).to_string(), json!(h[*n].to_str().unwrap())))
+            .collect();
+    let cap = json!({"secret": secret, "headers": headers, "body": body});
+    std::fs::write(path, cap.to_string()).unwrap();
+}
+
 pub async fn log(g: &Gateway, path: &str, who: &User) -> Vec<Value> {
     let r = g.get(path, Some(&who.token)).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -132,6 +147,7 @@ async fn deliveries_are_signed_per_standard_webhooks() {
     g.join(&team, &a, &b, "member").await;
     g.team_key(&team, &a, None).await;
     wait_until("two deliveries", || async { rx.seen().len() >= 2 }).await;
+    capture(secret, &rx.seen()[0]);
     for (h, body) in rx.seen() {
         assert!(verify(secret, &h, &body), "signature of {body}");
         assert!(!verify(
