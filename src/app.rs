@@ -48,6 +48,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// The ledger database, connected by `boot` when `ledger_url` is set.
     pub ledger_db: OnceLock<Arc<LedgerDb>>,
+    /// N1-N3: webhook deliveries and low-balance mail (src/notify).
+    pub notifier: Arc<crate::notify::Notifier>,
 }
 
 /// Why `boot` could not get the gateway ready.
@@ -85,7 +87,15 @@ impl App {
             clock.clone(),
             config.mailer_webhook_url.clone(),
         );
+        let notifier = Arc::new(crate::notify::Notifier::new(
+            store.clone(),
+            clock.clone(),
+            mailer.clone(),
+            config.notify.clone(),
+            config.public_url.clone(),
+        ));
         App {
+            notifier,
             pricing: ArcSwap::from_pointee(pricing),
             teams: Arc::new(Teams::new(
                 store.clone(),
@@ -141,6 +151,8 @@ impl App {
             Duration::from_secs(30),
         ));
         self.spawn_usage_pruning();
+        self.tasks
+            .spawn(self.notifier.clone().run(self.shutdown.clone()));
         Ok(())
     }
 
@@ -227,6 +239,10 @@ impl App {
                 match change {
                     store::Change::Key(hash) => app.keys.invalidate(&hash),
                     store::Change::Wallet(id) => app.wallets.resync(&id),
+                    store::Change::Alerts(id) => match app.store.alerts(&id).await {
+                        Ok(t) => app.wallets.set_alerts(&id, t).await,
+                        Err(e) => tracing::warn!(error = %e, "alert thresholds not re-read"),
+                    },
                 }
             }
         });

@@ -87,6 +87,9 @@ struct RawConfig {
     client_header_timeout_ms: Option<u64>,
     client_idle_timeout_ms: Option<u64>,
     max_connections: Option<u64>,
+    webhook_allow_private: Option<bool>,
+    webhook_retry_delays_ms: Option<String>,
+    webhook_poll_ms: Option<u64>,
 }
 
 /// Which store backs the gateway. Exactly one, never a silent fallback.
@@ -155,6 +158,21 @@ pub struct Config {
     pub max_connections: usize,
     /// Where the ledger and per-request records live (G1-G3).
     pub ledger: LedgerConfig,
+    /// N1: webhook deliveries.
+    pub notify: NotifyConfig,
+}
+
+/// The `webhook_*` keys (N1).
+#[derive(Clone, Debug)]
+pub struct NotifyConfig {
+    /// Allow webhook URLs that resolve to loopback or private addresses.
+    pub allow_private: bool,
+    /// The waits before each retry (N1: 5 s, 5 min, 30 min, 2 h, 5 h,
+    /// 10 h); after the last retry fails, the delivery is failed. Tests
+    /// shorten it with `webhook_retry_delays_ms`.
+    pub retry_delays: Vec<Duration>,
+    /// How often the delivery worker looks for due deliveries and new events.
+    pub poll: Duration,
 }
 
 /// The ledger database and what the store keeps without one (G1-G3).
@@ -219,7 +237,7 @@ impl Config {
     fn from_raw(raw: RawConfig, env: &dyn Env, origin: &str) -> Result<Config, ConfigError> {
         let s = Settings { env, origin };
         warn_retired(&raw);
-        let ledger = s.ledger(&raw)?;
+        let (ledger, notify) = (s.ledger(&raw)?, s.notify(&raw)?);
         let (client_header_timeout, client_idle_timeout, max_connections) = s.connections(&raw)?;
         let listen: SocketAddr = s.parsed("listen", raw.listen, "127.0.0.1:8080")?;
         let store = s.store(raw.store)?;
@@ -227,7 +245,6 @@ impl Config {
         let public_url = s
             .text("public_url", raw.public_url)
             .unwrap_or_else(|| format!("http://{listen}"));
-        let log_format = s.log_format(raw.log_format.clone())?;
         let upstream_url = s.upstream_url(raw.upstream_url)?;
         let ms = |key, v: Option<u64>, d| s.parsed::<u64>(key, v.map(|v| v.to_string()), d);
         let millis = |key, v, d| ms(key, v, d).map(Duration::from_millis);
@@ -286,7 +303,7 @@ impl Config {
                 3600 * ms("session_ttl_hours", raw.session_ttl_hours, "168")?.max(1),
             ),
             negative_cache_ttl: millis("negative_cache_ttl_ms", raw.negative_cache_ttl_ms, "1000")?,
-            log_format,
+            log_format: s.log_format(raw.log_format.clone())?,
             mailer_webhook_url: s
                 .text("mailer_webhook_url", raw.mailer_webhook_url)
                 .filter(|u| !u.is_empty()),
@@ -296,6 +313,7 @@ impl Config {
             client_header_timeout,
             client_idle_timeout,
             max_connections,
+            notify,
         })
     }
 }
@@ -385,6 +403,41 @@ impl Settings<'_> {
         } else {
             Err(self.invalid("store", "must be `memory` or a redis:// URL"))
         }
+    }
+
+    /// The `webhook_*` keys (N1).
+    fn notify(&self, raw: &RawConfig) -> Result<NotifyConfig, ConfigError> {
+        let allow_private = self.parsed(
+            "webhook_allow_private",
+            raw.webhook_allow_private.map(|b| b.to_string()),
+            "false",
+        )?;
+        let delays = self
+            .text(
+                "webhook_retry_delays_ms",
+                raw.webhook_retry_delays_ms.clone(),
+            )
+            .unwrap_or_else(|| "5000,300000,1800000,7200000,18000000,36000000".into());
+        let retry_delays = delays
+            .split(',')
+            .map(|d| d.trim().parse::<u64>().map(Duration::from_millis))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| {
+                self.invalid(
+                    "webhook_retry_delays_ms",
+                    "must be a comma-separated list of milliseconds",
+                )
+            })?;
+        let poll: u64 = self.parsed(
+            "webhook_poll_ms",
+            raw.webhook_poll_ms.map(|v| v.to_string()),
+            "1000",
+        )?;
+        Ok(NotifyConfig {
+            allow_private,
+            retry_delays,
+            poll: Duration::from_millis(poll.max(1)),
+        })
     }
 
     /// The `ledger_*` keys (G1-G3).

@@ -46,6 +46,11 @@
 //!   batched idempotent inserts, the Owner's ledger view, and
 //!   `ledger_db::export`, the task that moves entries from the store's
 //!   export queues to it.
+//! - `notify`: webhooks and low-balance mail (N1-N3): the worker that fans
+//!   logged events out to endpoints and delivers them, signed per Standard
+//!   Webhooks (`notify::sign`), through a client that refuses private
+//!   addresses (`notify::client`); the thresholds live in the wallet actor
+//!   (`wallet::alerts`), the routes in `api::webhooks`.
 //! - `usage`: 30-day reports from the day buckets (pure aggregation).
 //! - `money`, `ids`, `clock`, `config`, `metrics`: the shared vocabulary.
 //! - `demo`: `tollgate demo`, the whole product in one process, with the
@@ -68,6 +73,7 @@ pub mod limits;
 pub mod mailer;
 pub mod metrics;
 pub mod money;
+pub mod notify;
 pub mod pricing;
 pub mod proxy;
 pub mod server;

@@ -309,7 +309,10 @@ async fn redis_memory_does_not_grow_with_requests() {
         per(mem0, mem1),
         per(data0, data1)
     );
-    assert_eq!(keys1, keys0, "no key per request");
+    // Fewer is fine: the notifications' fan-out queue (N3) may have held
+    // the funding's event at the first count and be drained (its keys
+    // gone) by the second.
+    assert!(keys1 <= keys0, "no key per request: {keys0} -> {keys1}");
     assert!(
         per(data0, data1) < 8.0,
         "{} bytes per request",

@@ -169,7 +169,19 @@ impl Teams {
         );
         // B10: refused before anything is written if the money cannot move.
         self.transfers.check_fits(&transfer).await?;
-        let moved = self.transfers.run(&transfer, self).await?;
+        // N3: the new wallet's actor starts at $0, suspended, with no
+        // change to log; its funding below is not a resumption either.
+        let wallet = self.wallets.get(&team_wallet_id(&team.id)).await?;
+        wallet.mark_fresh(true);
+        let moved = self.transfers.run(&transfer, self).await;
+        wallet.mark_fresh(false);
+        let moved = moved?;
+        // B2: a team created with no more than the threshold starts
+        // suspended, and the log says so.
+        if wallet.is_suspended() {
+            self.event(&team.id, "team.suspended", json!({"balance": moved}))
+                .await;
+        }
         Ok((team, moved))
     }
 

@@ -10,6 +10,7 @@ pub mod strict;
 pub mod teams;
 pub mod usage;
 pub mod users;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -87,6 +88,33 @@ pub fn router() -> Router<Arc<App>> {
             "/api/teams/{team_id}/keys/{key_id}",
             delete(teams::delete_key),
         )
+        .merge(notification_routes())
+}
+
+/// N1, N2 (api/webhooks.rs).
+fn notification_routes() -> Router<Arc<App>> {
+    use webhooks as w;
+    Router::new()
+        .route(
+            "/api/teams/{team_id}/webhooks",
+            post(w::team_create).get(w::team_list),
+        )
+        .route(
+            "/api/teams/{team_id}/webhooks/{webhook_id}",
+            delete(w::team_delete),
+        )
+        .route(
+            "/api/teams/{team_id}/webhooks/{webhook_id}/deliveries",
+            get(w::team_deliveries),
+        )
+        .route("/api/teams/{team_id}/alerts", put(w::team_alerts))
+        .route("/api/me/webhooks", post(w::me_create).get(w::me_list))
+        .route("/api/me/webhooks/{webhook_id}", delete(w::me_delete))
+        .route(
+            "/api/me/webhooks/{webhook_id}/deliveries",
+            get(w::me_deliveries),
+        )
+        .route("/api/me/alerts", put(w::me_alerts))
 }
 
 /// A JSON body, the one extractor of every management handler that takes

@@ -17,6 +17,7 @@ use super::*;
 use crate::money::Nanos;
 
 mod limits;
+mod webhooks;
 
 #[derive(Default)]
 struct Inner {
@@ -54,6 +55,8 @@ struct Inner {
     transfers: HashMap<String, TransferRecord>,
     /// Limits records by subject id (Q1-Q3; memory/limits.rs).
     limits: HashMap<String, LimitsRecord>,
+    /// Webhooks, deliveries, the fan-out queue, alerts (memory/webhooks.rs).
+    notify: webhooks::NotifyData,
 }
 
 /// One retained ledger entry (G3), compact: its fields as a JSON array in
@@ -512,7 +515,9 @@ impl EventStore for MemoryStore {
     }
 
     async fn append_event(&self, e: &EventRecord) -> StoreResult<()> {
-        self.lock().events.push(e.clone());
+        let mut g = self.lock();
+        g.events.push(e.clone());
+        g.notify.fanout.push_back(e.clone());
         Ok(())
     }
 

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod memory;
 pub mod records;
 pub mod redis_store;
+pub mod webhooks;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -27,12 +28,13 @@ use chrono::NaiveDate;
 pub use export::{ExportSignal, ExportStore, Exported, LedgerPolicy};
 pub use limits::{LimitStore, LimitSubject, LimitsRecord, Period};
 pub use records::*;
+pub use webhooks::{Attempt, DeliveryRecord, DeliveryStatus, WebhookRecord, WebhookStore};
 
 /// Every store trait, for callers that use a concrete store or a generic.
 pub mod prelude {
     pub use super::{
         ChangeFeed, EventStore, ExportStore, IdempotencyStore, KeyStore, LedgerStore, LimitStore,
-        Store, StoreInfo, TeamStore, TransferStore, UsageStore, UserStore,
+        Store, StoreInfo, TeamStore, TransferStore, UsageStore, UserStore, WebhookStore,
     };
 }
 
@@ -70,6 +72,7 @@ pub trait Store:
     + IdempotencyStore
     + ExportStore
     + LimitStore
+    + WebhookStore
     + Send
     + Sync
     + 'static
@@ -89,6 +92,7 @@ impl<T> Store for T where
         + IdempotencyStore
         + ExportStore
         + LimitStore
+        + WebhookStore
         + Send
         + Sync
         + 'static

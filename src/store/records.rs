@@ -377,6 +377,8 @@ pub enum Change {
     Key(String),
     /// A wallet's stored balance changed outside this instance: re-read it.
     Wallet(String),
+    /// N2: a wallet's low-balance thresholds changed: re-read them.
+    Alerts(String),
 }
 
 /// Totals for the reconciliation report (B8), in i128 (B10): every

@@ -96,6 +96,8 @@ pub enum Msg {
     },
     /// Another instance changed the stored balance: re-read it.
     Resync,
+    /// N2: the wallet's low-balance thresholds changed (wallet/alerts.rs).
+    SetAlerts(Vec<Nanos>),
     /// Q1 across instances: re-read the day buckets the spend limits count
     /// (wallet/limits.rs); only while some limit applies here.
     ResyncLimits,
@@ -134,6 +136,8 @@ pub struct Args {
     pub tasks: TaskTracker,
     /// Q1: the spend of this wallet's keys and members (wallet/limits.rs).
     pub book: super::limits::LimitBook,
+    /// N2: low-balance thresholds (wallet/alerts.rs).
+    pub alerts: super::alerts::AlertBook,
 }
 
 pub struct WalletActor;
@@ -197,6 +201,10 @@ impl Actor for WalletActor {
                 reply_to,
             } => state.handle_credit_done(&entry, result, reply_to),
             Msg::Resync => state.handle_resync(&myself),
+            Msg::SetAlerts(t) => {
+                let balance = state.ledger.balance();
+                state.alerts.set(&t, balance);
+            }
             Msg::ResyncLimits => state.handle_resync_limits(&myself),
             Msg::LimitsRead { rows, from } => {
                 state.handle_limits_read(&myself, rows.as_deref(), from);

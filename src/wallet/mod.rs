@@ -5,6 +5,7 @@
 //! Nothing here speaks HTTP.
 
 pub mod actor;
+pub mod alerts;
 pub mod ledger;
 pub mod limits;
 mod persist;
@@ -197,6 +198,23 @@ impl WalletHandle {
                     let _ = me.actor().await;
                 });
             }
+        }
+    }
+
+    /// N3: mark a new team wallet while it is funded at creation (its
+    /// resumption then is not logged); unmark it after.
+    pub fn mark_fresh(&self, fresh: bool) {
+        self.slot
+            .shared
+            .fresh
+            .store(fresh, std::sync::atomic::Ordering::Release);
+    }
+
+    /// N2: new low-balance thresholds for the running actor (a stopped
+    /// one loads them from the store when it starts).
+    pub fn set_alerts(&self, thresholds: Vec<Nanos>) {
+        if let Some(actor) = self.slot.running() {
+            let _ = actor.cast(Msg::SetAlerts(thresholds));
         }
     }
 

@@ -120,8 +120,12 @@ impl Spawner {
         let book =
             super::limits::LimitBook::load(&*self.store, wallet_id, self.clock.now().date_naive())
                 .await;
+        let alerts =
+            super::alerts::AlertBook::load(&*self.store, wallet_id, balance.paid + balance.promo)
+                .await;
         let args = Args {
             book,
+            alerts,
             wallet_id: wallet_id.clone(),
             team_id,
             ledger: Ledger::new(balance.paid, balance.promo, self.threshold),
@@ -201,6 +205,18 @@ impl WalletRegistry {
         };
         slot.actor(&id).await?;
         Ok(WalletHandle { id, slot })
+    }
+
+    /// N2: the wallet's thresholds changed (here, or on another instance:
+    /// read from the store); the running actor, if any, takes them.
+    pub async fn set_alerts(&self, wallet_id: &str, thresholds: Vec<Nanos>) {
+        if let Some((id, slot)) = self
+            .wallets
+            .get(wallet_id)
+            .map(|e| (e.key().clone(), e.value().clone()))
+        {
+            WalletHandle { id, slot }.set_alerts(thresholds);
+        }
     }
 
     /// Another instance changed this wallet's stored balance: the running

@@ -24,6 +24,9 @@ pub struct WalletShared {
     /// actor restarted after an idle stop does not reuse a batch id (the
     /// store would take the new batch for a replay and drop it).
     pub batch_seq: AtomicU64,
+    /// N3: a team wallet being funded at its creation: the first
+    /// resumption is its funding, not news, and is not logged.
+    pub fresh: AtomicBool,
 }
 
 impl WalletShared {
@@ -69,6 +72,14 @@ impl TeamEvent {
             TeamEvent::Resumed => "team.resumed",
         }
     }
+
+    /// N3: the same change of a personal wallet.
+    fn personal_kind(self) -> &'static str {
+        match self {
+            TeamEvent::Suspended => "wallet.suspended",
+            TeamEvent::Resumed => "wallet.resumed",
+        }
+    }
 }
 
 pub struct State {
@@ -106,13 +117,17 @@ pub struct State {
     pub(super) used: bool,
     /// Q1: per key and member spend and holds (wallet/limits.rs).
     pub(super) book: super::limits::LimitBook,
+    /// N2: low-balance thresholds (wallet/alerts.rs).
+    pub(super) alerts: super::alerts::AlertBook,
 }
 
 impl State {
     pub(super) fn new(mut args: Args) -> State {
         let book = std::mem::take(&mut args.book);
+        let alerts = std::mem::take(&mut args.alerts);
         let state = State {
             book,
+            alerts,
             ledger: args.ledger,
             args,
             holds: HashMap::new(),
@@ -149,33 +164,71 @@ impl State {
         }
     }
 
-    /// Publish `suspended` after every balance change (B2, B3).
-    pub(super) fn publish(&self) {
+    /// Publish `suspended` after every balance change (B2, B3), and check
+    /// the low-balance thresholds (N2).
+    pub(super) fn publish(&mut self) {
         let now = self.ledger.suspended();
         let before = self.args.shared.suspended.swap(now, Ordering::AcqRel);
         if before != now {
             crate::metrics::wallet_suspension(now);
             tracing::info!(wallet = %self.args.wallet_id, suspended = now, "wallet suspension changed");
-            if let Some(team_id) = &self.args.team_id {
-                let kind = if now {
-                    TeamEvent::Suspended
-                } else {
-                    TeamEvent::Resumed
-                };
-                self.record_team_event(team_id, kind);
+            let kind = if now {
+                TeamEvent::Suspended
+            } else {
+                TeamEvent::Resumed
+            };
+            let funding = !now && self.args.shared.fresh.swap(false, Ordering::AcqRel);
+            if !funding {
+                self.record_team_event(kind);
             }
+        }
+        let balance = self.ledger.balance();
+        let mut fired: Option<Vec<Nanos>> = None;
+        self.alerts
+            .check(balance, |t| fired.get_or_insert_with(Vec::new).push(t));
+        for threshold in fired.into_iter().flatten() {
+            let event = super::alerts::low_event(
+                &self.args.wallet_id,
+                self.args.team_id.as_deref(),
+                threshold,
+                balance,
+                self.args.clock.now(),
+            );
+            self.spawn_event(event);
         }
     }
 
-    /// B2, B3: the team's event log; written off the mailbox.
-    fn record_team_event(&self, team_id: &str, kind: TeamEvent) {
+    /// B2, B3: the team's event log (`team.suspended` / `team.resumed`);
+    /// for a personal wallet, N3's `wallet.suspended` / `wallet.resumed`
+    /// under the wallet's id (`user:ID`). Written off the mailbox.
+    fn record_team_event(&self, kind: TeamEvent) {
+        let (team_id, kind, data) = match &self.args.team_id {
+            Some(team_id) => (
+                team_id.to_string(),
+                kind.kind(),
+                serde_json::json!({"balance": self.ledger.balance()}),
+            ),
+            None => (
+                self.args.wallet_id.to_string(),
+                kind.personal_kind(),
+                serde_json::json!({
+                    "user_id": self.args.wallet_id.strip_prefix("user:").unwrap_or(&self.args.wallet_id),
+                    "balance": self.ledger.balance(),
+                }),
+            ),
+        };
         let event = EventRecord {
             id: crate::ids::new_id("evt"),
-            team_id: team_id.to_string(),
-            kind: kind.kind().into(),
+            team_id,
+            kind: kind.into(),
             at: self.args.clock.now(),
-            data: serde_json::json!({"balance": self.ledger.balance()}),
+            data,
         };
+        self.spawn_event(event);
+    }
+
+    /// Append `event` to the log off the mailbox.
+    fn spawn_event(&self, event: EventRecord) {
         let store = self.args.store.clone();
         self.args
             .tasks

@@ -81,6 +81,7 @@ mod limits;
 mod pubsub;
 mod records;
 mod usage;
+mod webhooks;
 
 use std::future::Future;
 use std::time::Duration;

@@ -230,13 +230,18 @@ impl EventStore for RedisStore {
         Ok(out)
     }
 
+    /// The event log, and the notifications' fan-out queue in the same
+    /// transaction (store/webhooks.rs).
     async fn append_event(&self, e: &EventRecord) -> StoreResult<()> {
-        self.q::<()>(
-            redis::cmd("RPUSH")
-                .arg(self.k("events", &e.team_id))
-                .arg(encode(e)?),
-        )
-        .await
+        let json = encode(e)?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("RPUSH")
+            .arg(self.k("events", &e.team_id))
+            .arg(&json)
+            .ignore();
+        self.queue_fanout(&mut pipe, e, &json);
+        self.p::<()>(&pipe).await
     }
 
     async fn events(&self, team_id: &str) -> StoreResult<Vec<EventRecord>> {
