@@ -131,11 +131,20 @@ impl Notifier {
 
     /// The worker: fan out, attempt what is due, wait; until `shutdown`.
     /// An idle worker looks less often (the wait doubles up to
-    /// `IDLE_BACKOFF` polls); any work brings it back to `poll`. Polling
+    /// `IDLE_BACKOFF` polls); any work, or an event appended by this
+    /// process, brings it back to `poll`. Polling
     /// the store every second while idle measurably grew a busy memory
     /// store gateway's resident memory (tests/ledger_memory.rs).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut idle_polls: u32 = 1;
+        // An event this process appends is fanned out at once.
+        let appended = self.store.events_appended();
+        let event_appended = || async {
+            match &appended {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         loop {
             let worked = match self.fan_out().await {
                 Ok(n) => n > 0,
@@ -159,6 +168,7 @@ impl Notifier {
             tokio::select! {
                 () = tokio::time::sleep(self.config.poll * idle_polls) => {}
                 () = self.wake.notified() => idle_polls = 1,
+                () = event_appended() => idle_polls = 1,
                 () = shutdown.cancelled() => break,
             }
         }

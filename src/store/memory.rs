@@ -75,6 +75,7 @@ pub struct MemoryStore {
     signal: ExportSignal,
     /// Batches go to one applier thread of the store's own.
     applier: std::sync::mpsc::Sender<ApplyJob>,
+    events_appended: Arc<tokio::sync::Notify>,
 }
 
 /// A batch for the applier thread, and where its answer goes.
@@ -124,6 +125,7 @@ impl MemoryStore {
             policy,
             signal: ExportSignal::default(),
             applier,
+            events_appended: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -518,7 +520,13 @@ impl EventStore for MemoryStore {
         let mut g = self.lock();
         g.events.push(e.clone());
         g.notify.fanout.push_back(e.clone());
+        drop(g);
+        self.events_appended.notify_one();
         Ok(())
+    }
+
+    fn events_appended(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.events_appended.clone())
     }
 
     async fn events(&self, team_id: &str) -> StoreResult<Vec<EventRecord>> {
@@ -748,7 +756,16 @@ type Packed = (
     Nanos,
     Nanos,
     String,
-    Option<(String, String, Option<String>, String, u64, u64, u64, RequestStatus)>,
+    Option<(
+        String,
+        String,
+        Option<String>,
+        String,
+        u64,
+        u64,
+        u64,
+        RequestStatus,
+    )>,
 );
 
 fn pack(e: &LedgerEntry) -> Result<Vec<u8>, serde_json::Error> {

@@ -182,6 +182,11 @@ pub trait EventStore: Send + Sync {
     async fn outbox(&self) -> StoreResult<Vec<OutboxMessage>>;
     async fn append_event(&self, e: &EventRecord) -> StoreResult<()>;
     async fn events(&self, team_id: &str) -> StoreResult<Vec<EventRecord>>;
+    /// Notified after this process appends an event, so the webhook worker
+    /// fans it out at once instead of at its next poll.
+    fn events_appended(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// Transfers between wallets (DESIGN "Money between wallets").

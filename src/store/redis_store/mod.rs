@@ -126,6 +126,8 @@ pub struct RedisStore {
     policy: LedgerPolicy,
     /// Wallets this process exported to, for the exporter (G2).
     signal: ExportSignal,
+    /// Woken when this process appends an event (the webhook worker).
+    events_appended: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl RedisStore {
@@ -163,6 +165,7 @@ impl RedisStore {
             },
             policy: LedgerPolicy::default(),
             signal: ExportSignal::default(),
+            events_appended: std::sync::Arc::new(tokio::sync::Notify::new()),
         };
         store.ping().await?;
         store.warn_without_aof().await;

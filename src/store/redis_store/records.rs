@@ -241,7 +241,13 @@ impl EventStore for RedisStore {
             .arg(&json)
             .ignore();
         self.queue_fanout(&mut pipe, e, &json);
-        self.p::<()>(&pipe).await
+        self.p::<()>(&pipe).await?;
+        self.events_appended.notify_one();
+        Ok(())
+    }
+
+    fn events_appended(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        Some(self.events_appended.clone())
     }
 
     async fn events(&self, team_id: &str) -> StoreResult<Vec<EventRecord>> {
