@@ -100,6 +100,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     println!(
         "\ntollgate demo: memory store (nothing survives exit), mock upstream in process\n\
          \n  gateway    {url}\
+         \n  dashboard  {url}/  (sign in as the user below)\
          \n  metrics    http://{metrics}/metrics\
          \n  user       {DEMO_EMAIL} / {DEMO_PASSWORD}  ($10.00 paid + $1.00 promo)\
          \n  API key    {key}\
