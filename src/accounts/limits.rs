@@ -158,17 +158,9 @@ impl Teams {
         patch: LimitsPatch,
     ) -> Result<LimitsView> {
         let _g = self.changes.lock().await;
-        let (_, role) = self.role_of(team_id, actor).await?;
         let key = self
-            .store
-            .key(key_id)
-            .await?
-            .filter(|k| k.team_id.as_deref() == Some(team_id) && k.status != KeyStatus::Deleted)
-            .filter(|k| rules::can_manage_keys(role) || k.member_id == actor)
-            .ok_or(TeamError::NotFound)?;
-        if !rules::can_manage_keys(role) {
-            return Err(TeamError::Forbidden("members cannot set key limits"));
-        }
+            .managed_team_key(team_id, actor, key_id, "members cannot set key limits")
+            .await?;
         self.put_key_limits(&key, patch).await
     }
 

@@ -59,18 +59,9 @@ impl Teams {
 
     pub async fn delete_key(&self, team_id: &str, actor: &str, key_id: &str) -> Result<()> {
         let _g = self.changes.lock().await;
-        let (_, role) = self.role_of(team_id, actor).await?;
         let key = self
-            .store
-            .key(key_id)
-            .await?
-            .filter(|k| k.team_id.as_deref() == Some(team_id) && k.status != KeyStatus::Deleted)
-            // A member sees only keys assigned to them (A3: 404 otherwise).
-            .filter(|k| rules::can_manage_keys(role) || k.member_id == actor)
-            .ok_or(TeamError::NotFound)?;
-        if !rules::can_manage_keys(role) {
-            return Err(TeamError::Forbidden("members cannot delete team keys"));
-        }
+            .managed_team_key(team_id, actor, key_id, "members cannot delete team keys")
+            .await?;
         self.set_key_status(&key, KeyStatus::Deleted).await?;
         self.event(
             team_id,
@@ -79,5 +70,29 @@ impl Teams {
         )
         .await;
         Ok(())
+    }
+
+    /// A live key of this team that `actor` may manage (Owner, Admin). A
+    /// Member gets 404 for a key not assigned to them (A3) and 403 with
+    /// `refusal` for one that is; a non-member 404.
+    pub(super) async fn managed_team_key(
+        &self,
+        team_id: &str,
+        actor: &str,
+        key_id: &str,
+        refusal: &'static str,
+    ) -> Result<KeyRecord> {
+        let (_, role) = self.role_of(team_id, actor).await?;
+        let key = self
+            .store
+            .key(key_id)
+            .await?
+            .filter(|k| k.team_id.as_deref() == Some(team_id) && k.status != KeyStatus::Deleted)
+            .filter(|k| rules::can_manage_keys(role) || k.member_id == actor)
+            .ok_or(TeamError::NotFound)?;
+        if !rules::can_manage_keys(role) {
+            return Err(TeamError::Forbidden(refusal));
+        }
+        Ok(key)
     }
 }
